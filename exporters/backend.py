@@ -1,0 +1,37 @@
+"""What a backend exporter hands back to the bundle writer, and the registry of backends."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from exporters.config import OptimizerConfig
+from exporters.losses import LossSpec
+
+
+@dataclass(frozen=True)
+class BackendArtifacts:
+    files: dict[str, str]  # role -> path relative to the bundle directory
+    planned_arena_bytes: int  # the training step's workspace as the backend plans it
+    trainable_names: list[str]  # parameter names as the runtime reports them, in gradient order
+    methods: dict[str, dict[str, Any]]  # "train"/"predict" -> {name, inputs, outputs}
+    backend_options: dict[str, Any] = field(default_factory=dict)
+
+
+BackendExporter = Callable[
+    [nn.Module, LossSpec, torch.Tensor, torch.Tensor, OptimizerConfig, Path], BackendArtifacts
+]
+
+
+def backend_exporter(backend: str) -> BackendExporter:
+    # Imported lazily: each backend pulls in its own heavy runtime package.
+    if backend == "executorch":
+        from exporters.executorch_export import export_executorch
+
+        return export_executorch
+    raise ValueError(f"unknown backend {backend!r}: use 'executorch' or 'onnxruntime'")

@@ -1,0 +1,96 @@
+"""ExecuTorch backend: a training program (.pte) with a joint forward/backward method and a predict method.
+
+Pipeline: ``torch.export`` (strict) -> ``_export_forward_backward`` (joint graph: loss, logits, one gradient
+per trainable parameter) -> ``to_edge`` with both methods -> ``to_executorch`` with explicitly configured
+memory planning. The planned arena (``non_const_buffer_sizes``) of each method is recorded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
+from executorch.exir.memory_planning import MemoryPlanningAlgorithmSuite, greedy
+from executorch.exir.passes import MemoryPlanningPass
+from torch import nn
+from torch.export import ExportedProgram
+from torch.export.experimental import _export_forward_backward
+from torch.export.graph_signature import OutputKind
+
+from exporters.backend import BackendArtifacts
+from exporters.bundle import atomic_write_bytes
+from exporters.config import OptimizerConfig
+from exporters.losses import LossSpec
+from exporters.training_graph import PredictStep, TrainStep, trainable_parameters
+
+PROGRAM_FILE = "model.pte"
+TRAIN_METHOD = "forward"
+PREDICT_METHOD = "predict"
+
+# Greedy is ExecuTorch's default and, measured on MobileNetV2, never beaten by the naive planner or the
+# overlap options: only graph changes shrink the arena. Inputs and outputs are planned into the arena so
+# the recorded size covers everything the method allocates.
+MEMORY_PLANNING = {"algorithm": "greedy", "alloc_graph_input": True, "alloc_graph_output": True}
+
+
+def export_joint_graph(
+    model: nn.Module, loss: LossSpec, inputs: torch.Tensor, labels: torch.Tensor
+) -> ExportedProgram:
+    """The joint forward/backward program of one training step."""
+    if not trainable_parameters(model):
+        raise ValueError("no parameter requires grad: nothing to train; unfreeze at least one parameter")
+    program = torch.export.export(TrainStep(model, loss.fn), (inputs, labels), strict=True)
+    return _export_forward_backward(program, joint_loss_index=0)
+
+
+def export_predict_graph(model: nn.Module, inputs: torch.Tensor) -> ExportedProgram:
+    trainable = trainable_parameters(model)
+    step = PredictStep(model, list(trainable))
+    return torch.export.export(step, (inputs, *(p.detach() for p in trainable.values())), strict=True)
+
+
+def gradient_order(joint: ExportedProgram) -> list[str]:
+    return [
+        spec.target
+        for spec in joint.graph_signature.output_specs
+        if spec.kind == OutputKind.GRADIENT_TO_PARAMETER and spec.target is not None
+    ]
+
+
+def export_executorch(
+    model: nn.Module,
+    loss: LossSpec,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: OptimizerConfig,
+    out_dir: Path,
+) -> BackendArtifacts:
+    """Write the training program; the optimizer runs in the app (the runtime has SGD only)."""
+    joint = export_joint_graph(model, loss, inputs, labels)
+    predict = export_predict_graph(model, inputs)
+    edge = to_edge(
+        {TRAIN_METHOD: joint, PREDICT_METHOD: predict},
+        compile_config=EdgeCompileConfig(_check_ir_validity=False),
+    )
+    planner = MemoryPlanningPass(
+        memory_planning_algo=MemoryPlanningAlgorithmSuite([greedy]),
+        alloc_graph_input=MEMORY_PLANNING["alloc_graph_input"],
+        alloc_graph_output=MEMORY_PLANNING["alloc_graph_output"],
+    )
+    program = edge.to_executorch(ExecutorchBackendConfig(memory_planning_pass=planner))
+    arenas = {
+        plan.name: sum(plan.non_const_buffer_sizes) for plan in program.executorch_program.execution_plan
+    }
+    atomic_write_bytes(out_dir / PROGRAM_FILE, program.buffer)
+    trainable = gradient_order(joint)
+    return BackendArtifacts(
+        files={"program": PROGRAM_FILE},
+        planned_arena_bytes=arenas[TRAIN_METHOD],
+        trainable_names=trainable,
+        methods={
+            "train": {"name": TRAIN_METHOD, "inputs": ["input", "label"], "outputs": ["loss", "logits"]},
+            "predict": {"name": PREDICT_METHOD, "inputs": ["input", *trainable], "outputs": ["logits"]},
+        },
+        backend_options={"memory_planning": MEMORY_PLANNING, "predict_arena_bytes": arenas[PREDICT_METHOD]},
+    )

@@ -1,0 +1,172 @@
+"""``export_bundle``: model + loss + batch shape -> a verified bundle directory for one backend."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from exporters.backend import BackendArtifacts, backend_exporter
+from exporters.bundle import (
+    Bundle,
+    Manifest,
+    MemoryEstimate,
+    ParameterSpec,
+    TensorSpec,
+    file_entry,
+    load_bundle,
+    write_manifest,
+)
+from exporters.config import OptimizerConfig
+from exporters.losses import encode_labels, resolve_loss
+from exporters.training_graph import MODEL_PREFIX, prepare_for_training_export
+
+DTYPE_NAMES = {torch.float32: "float32", torch.int64: "int64", torch.float16: "float16", torch.int32: "int32"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How the model can be rebuilt: a registered name or ``pkg.module:factory``, and its kwargs."""
+
+    spec: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _tensor_bytes(tensors: Sequence[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def estimate_memory(
+    artifacts: BackendArtifacts, model: nn.Module, optimizer: OptimizerConfig, program_bytes: int
+) -> MemoryEstimate:
+    """Predicted peak of the training process over its idle baseline, by component.
+
+    The gradient term is the host runner's copy of the gradients (ExecuTorch's Python wrapper clones them
+    each step); the gradients inside the program are part of the planned arena.
+    """
+    params = dict(model.named_parameters())
+    trainable = [params[name.removeprefix(MODEL_PREFIX)] for name in artifacts.trainable_names]
+    all_state = [*model.parameters(), *model.buffers()]
+    trainable_bytes = _tensor_bytes(trainable)
+    optimizer_bytes = trainable_bytes * optimizer.state_tensors_per_parameter
+    runtime_overhead = 0
+    peak = (
+        artifacts.planned_arena_bytes + program_bytes + trainable_bytes + optimizer_bytes + runtime_overhead
+    )
+    return MemoryEstimate(
+        planned_arena_bytes=artifacts.planned_arena_bytes,
+        parameter_bytes=_tensor_bytes(all_state),
+        trainable_parameter_bytes=trainable_bytes,
+        gradient_bytes=trainable_bytes,
+        optimizer_state_bytes=optimizer_bytes,
+        program_bytes=program_bytes,
+        runtime_overhead_bytes=runtime_overhead,
+        predicted_peak_bytes=peak,
+        notes="peak = planned arena + program file (mapped) + gradient copies + optimizer state",
+    )
+
+
+def export_bundle(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    sample_shape: Sequence[int],
+    batch_size: int,
+    backend: str = "executorch",
+    loss: str = "cross_entropy",
+    optimizer: OptimizerConfig | None = None,
+    classes: Sequence[str] | None = None,
+    name: str | None = None,
+    model_spec: ModelSpec | None = None,
+    techniques: Sequence[dict[str, Any]] = (),
+    micro_batches: int = 1,
+    overwrite: bool = False,
+) -> Bundle:
+    """Export ``model`` for on-device training; parameters with ``requires_grad=False`` stay frozen.
+
+    The model is copied and prepared as it trains on device (BatchNorm frozen, eval mode); the original is
+    not modified.
+    """
+    optimizer = optimizer or OptimizerConfig()
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} exists and is not empty; pass overwrite=True (--force) to replace it"
+            )
+        shutil.rmtree(out)
+    if batch_size < 1 or batch_size % micro_batches:
+        raise ValueError(
+            f"batch size {batch_size} must be a positive multiple of micro_batches {micro_batches}"
+        )
+    loss_spec = resolve_loss(loss)
+    prepared = prepare_for_training_export(model)
+    step_batch = batch_size // micro_batches
+    inputs = torch.zeros((step_batch, *sample_shape))
+    with torch.no_grad():
+        num_classes = prepared(inputs).shape[-1]
+    classes = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
+    if len(classes) != num_classes:
+        raise ValueError(f"{len(classes)} class names given, the model outputs {num_classes} logits")
+    labels = encode_labels(loss_spec, torch.arange(step_batch) % num_classes, num_classes)
+    _log(
+        f"exporting {type(model).__name__} for {backend} (batch {step_batch} x {micro_batches} micro-batches)"
+    )
+    artifacts = backend_exporter(backend)(prepared, loss_spec, inputs, labels, optimizer, out)
+    files = {role: file_entry(out, path) for role, path in artifacts.files.items()}
+    params = dict(prepared.named_parameters())
+    trainable_specs = []
+    for runtime_name in artifacts.trainable_names:
+        p = params[runtime_name.removeprefix(MODEL_PREFIX)]
+        trainable_specs.append(ParameterSpec(runtime_name, list(p.shape), DTYPE_NAMES[p.dtype], p.numel()))
+    spec = model_spec or ModelSpec()
+    manifest = Manifest(
+        name=name or f"{spec.spec or type(model).__name__}-{backend}",
+        backend=backend,
+        created_by=f"memwall {_version()}",
+        files=files,
+        inputs=[TensorSpec("input", [step_batch, *sample_shape], "float32")],
+        labels=TensorSpec("label", list(labels.shape), DTYPE_NAMES[labels.dtype]),
+        outputs=[
+            TensorSpec("loss", [], "float32"),
+            TensorSpec("logits", [step_batch, num_classes], "float32"),
+        ],
+        classes=classes,
+        loss=loss_spec.name,
+        trainable=trainable_specs,
+        frozen_parameter_count=sum(p.numel() for p in prepared.parameters() if not p.requires_grad),
+        optimizer=optimizer.to_json(),
+        training={"batch_size": batch_size, "micro_batches": micro_batches},
+        methods=artifacts.methods,
+        memory=estimate_memory(artifacts, prepared, optimizer, sum(f.bytes for f in files.values())),
+        model={
+            "spec": spec.spec,
+            "kwargs": spec.kwargs,
+            "parameters": sum(p.numel() for p in prepared.parameters()),
+            "trainable_parameters": sum(s.numel for s in trainable_specs),
+        },
+        techniques=list(techniques),
+        backend_options=artifacts.backend_options,
+    )
+    write_manifest(out, manifest)
+    _log(f"wrote {out} (planned arena {manifest.memory.planned_arena_bytes / 2**20:.1f} MiB)")
+    return load_bundle(out)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("memwall")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _log(message: str) -> None:
+    print(f"[memwall] {message}", file=sys.stderr, flush=True)

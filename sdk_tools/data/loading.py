@@ -1,0 +1,91 @@
+"""Dataset lookup by name and fixed-size batching for programs with a static batch dimension."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sdk_tools.data.digits import DigitsSplit, load_digits_split
+
+
+def load_dataset(
+    name: str, split: str, sample_shape: tuple[int, ...], num_classes: int, random_size: int = 256
+) -> DigitsSplit:
+    """Resolve ``digits``, ``random`` or a ``.npz`` path (arrays ``x`` and ``y``) to images and labels.
+
+    ``sample_shape`` is one sample's shape as the program expects it (no batch dimension).
+    """
+    if name == "digits":
+        if len(sample_shape) != 3:
+            raise ValueError(
+                f"digits needs an image input (C, H, W); the bundle's input sample is {sample_shape}"
+            )
+        channels, height, width = sample_shape
+        return load_digits_split(split, (height, width), channels)  # type: ignore[arg-type]
+    if name == "random":
+        # Separate, fixed streams per split so "test" never overlaps "train".
+        gen = torch.Generator().manual_seed(zlib.crc32(split.encode()))
+        x = torch.rand((random_size, *sample_shape), generator=gen)
+        y = torch.randint(0, num_classes, (random_size,), generator=gen)
+        return DigitsSplit(x, y)
+    path = Path(name)
+    if path.suffix != ".npz":
+        raise ValueError(
+            f"unknown dataset {name!r}: use 'digits', 'random' or a .npz file with arrays x and y"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file {path} does not exist")
+    with np.load(path) as arrays:
+        if "x" not in arrays or "y" not in arrays:
+            raise ValueError(f"{path} must hold arrays named 'x' and 'y' (found {sorted(arrays.files)})")
+        x = torch.from_numpy(arrays["x"].astype(np.float32))
+        y = torch.from_numpy(arrays["y"].astype(np.int64))
+    if tuple(x.shape[1:]) != tuple(sample_shape):
+        raise ValueError(
+            f"{path}: samples have shape {tuple(x.shape[1:])}, the bundle expects {sample_shape}"
+        )
+    return DigitsSplit(x, y)
+
+
+class Batches:
+    """Endless shuffled batches of exactly ``batch_size`` samples; epoch ``e`` uses seed ``seed + e``.
+
+    Deterministic from ``(seed, position)``, so a resumed run sees the same batches it would have seen.
+    """
+
+    def __init__(self, data: DigitsSplit, batch_size: int, seed: int = 0) -> None:
+        if len(data) < batch_size:
+            raise ValueError(f"dataset has {len(data)} samples, fewer than one batch of {batch_size}")
+        self.data = data
+        self.batch_size = batch_size
+        self.seed = seed
+        self.per_epoch = len(data) // batch_size
+
+    def batch(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = divmod(position, self.per_epoch)
+        order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(self.seed + epoch))
+        idx = order[index * self.batch_size : (index + 1) * self.batch_size]
+        return self.data.images[idx], self.data.labels[idx]
+
+    def from_position(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        position = start
+        while True:
+            yield self.batch(position)
+            position += 1
+
+
+def eval_batches(data: DigitsSplit, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Fixed-size batches covering every sample once; the last batch is padded, yielding its real length."""
+    for start in range(0, len(data), batch_size):
+        x = data.images[start : start + batch_size]
+        y = data.labels[start : start + batch_size]
+        real = len(y)
+        if real < batch_size:
+            pad = batch_size - real
+            x = torch.cat([x, x[:1].expand(pad, *x.shape[1:])])
+            y = torch.cat([y, y[:1].expand(pad)])
+        yield x, y, real

@@ -1,0 +1,141 @@
+"""The host training loop: batches -> session steps -> checkpoints, with progress and evaluation."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from exporters.bundle import Bundle
+from exporters.losses import encode_labels, resolve_loss
+from sdk_tools.data.digits import DigitsSplit
+from sdk_tools.data.loading import Batches, eval_batches, load_dataset
+from sdk_tools.runner.checkpoint import Checkpoint, default_checkpoint_path, load_checkpoint, save_checkpoint
+from sdk_tools.runner.session import TrainingSession
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 100
+    data: str = "digits"
+    split: str = "personal"
+    eval_split: str | None = "personal_test"
+    seed: int = 0
+    resume: bool = False
+    checkpoint: Path | None = None  # default: <bundle>/checkpoint.safetensors
+    checkpoint_every: int = 50
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    steps_run: int
+    total_steps: int
+    losses: list[float] = field(default_factory=list)
+    step_times_s: list[float] = field(default_factory=list)
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+    checkpoint: str | None = None
+
+    @property
+    def steps_per_second(self) -> float:
+        timed = self.step_times_s[1:] or self.step_times_s  # the first step pays one-time setup
+        return len(timed) / sum(timed) if timed else 0.0
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "steps_per_second": self.steps_per_second}
+
+
+def open_session(bundle: Bundle) -> TrainingSession:
+    """Load ``bundle`` into the runtime its manifest names."""
+    backend = bundle.manifest.backend
+    if backend == "executorch":
+        from sdk_tools.runner.executorch_session import ExecuTorchSession
+
+        return ExecuTorchSession(bundle)
+    raise ValueError(f"bundle backend {backend!r} has no runner in this memwall")
+
+
+def dataset_for(bundle: Bundle, name: str, split: str) -> DigitsSplit:
+    return load_dataset(name, split, bundle.manifest.sample_shape, len(bundle.manifest.classes))
+
+
+def evaluate(session: TrainingSession, data: DigitsSplit) -> float:
+    """Top-1 accuracy of the predict method over every sample of ``data``."""
+    correct = 0
+    for inputs, labels, real in eval_batches(
+        data, session.manifest.batch_size // session.manifest.training["micro_batches"]
+    ):
+        predicted = session.predict(inputs).argmax(dim=-1)
+        correct += int((predicted[:real] == labels[:real]).sum())
+    return correct / len(data)
+
+
+def train(bundle: Bundle, config: TrainConfig, session: TrainingSession | None = None) -> TrainResult:
+    session = session or open_session(bundle)
+    manifest = bundle.manifest
+    loss = resolve_loss(manifest.loss)
+    num_classes = len(manifest.classes)
+    micro = manifest.training["micro_batches"]
+    micro_size = manifest.batch_size
+    checkpoint_path = config.checkpoint or default_checkpoint_path(bundle)
+    start_step, position = 0, 0
+    if config.resume:
+        ckpt = load_checkpoint(checkpoint_path, bundle)
+        session.load_state_tensors(ckpt.steps, ckpt.tensors)
+        start_step, position = ckpt.steps, ckpt.data_position
+    eval_data = dataset_for(bundle, config.data, config.eval_split) if config.eval_split else None
+    result = TrainResult(steps_run=0, total_steps=start_step)
+    if eval_data is not None:
+        result.accuracy_before = evaluate(session, eval_data)
+    batches = Batches(dataset_for(bundle, config.data, config.split), micro_size, seed=config.seed)
+    stream = batches.from_position(position)
+    bar = tqdm(
+        range(config.steps), desc="training", unit="step", disable=not config.progress, file=sys.stderr
+    )
+    for i in bar:
+        micro_batches = []
+        for _ in range(micro):
+            inputs, labels = next(stream)
+            micro_batches.append((inputs, encode_labels(loss, labels, num_classes)))
+        started = time.perf_counter()
+        step_loss, _ = session.train_step(micro_batches)
+        result.step_times_s.append(time.perf_counter() - started)
+        result.losses.append(step_loss)
+        position += micro
+        result.steps_run += 1
+        result.total_steps = start_step + i + 1
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        if config.checkpoint_every and result.total_steps % config.checkpoint_every == 0:
+            _save(session, bundle, checkpoint_path, position)
+    _save(session, bundle, checkpoint_path, position)
+    result.checkpoint = str(checkpoint_path)
+    if eval_data is not None:
+        result.accuracy_after = evaluate(session, eval_data)
+    return result
+
+
+def _save(session: TrainingSession, bundle: Bundle, path: Path, position: int) -> None:
+    steps, tensors = session.state_tensors()
+    save_checkpoint(path, Checkpoint(steps, position, tensors, bundle.manifest_sha256))
+
+
+def load_trained_weights(
+    model: torch.nn.Module, bundle: Bundle, checkpoint: Path | None = None
+) -> torch.nn.Module:
+    """Copy the trained parameters of ``bundle``'s checkpoint into ``model`` (in place) and return it."""
+    from exporters.training_graph import strip_prefix
+
+    ckpt = load_checkpoint(checkpoint or default_checkpoint_path(bundle), bundle)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for spec in bundle.manifest.trainable:
+            name = strip_prefix(spec.name)
+            if name not in params:
+                raise KeyError(f"model has no parameter {name!r} (trained in bundle {bundle.manifest.name})")
+            params[name].copy_(ckpt.tensors[spec.name])
+    return model
