@@ -34,4 +34,8 @@ def backend_exporter(backend: str) -> BackendExporter:
         from exporters.executorch_export import export_executorch
 
         return export_executorch
+    if backend == "onnxruntime":
+        from exporters.onnxruntime_export import export_onnxruntime
+
+        return export_onnxruntime
     raise ValueError(f"unknown backend {backend!r}: use 'executorch' or 'onnxruntime'")

@@ -57,6 +57,10 @@ def open_session(bundle: Bundle) -> TrainingSession:
         from sdk_tools.runner.executorch_session import ExecuTorchSession
 
         return ExecuTorchSession(bundle)
+    if backend == "onnxruntime":
+        from sdk_tools.runner.onnxruntime_session import OnnxRuntimeSession
+
+        return OnnxRuntimeSession(bundle)
     raise ValueError(f"bundle backend {backend!r} has no runner in this memwall")
 
 
