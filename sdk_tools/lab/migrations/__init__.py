@@ -1,0 +1,1 @@
+"""Alembic migration environment for the lab database (a package so that it ships in the wheel)."""
