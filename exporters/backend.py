@@ -20,6 +20,8 @@ class BackendArtifacts:
     planned_arena_bytes: int  # the training step's workspace as the backend plans it
     trainable_names: list[str]  # parameter names as the runtime reports them, in gradient order
     methods: dict[str, dict[str, Any]]  # "train"/"predict" -> {name, inputs, outputs}
+    predict_arena_bytes: int = 0  # the predict method's workspace, resident while the app evaluates
+    runtime_overhead_bytes: int = 0  # the runtime's own allocations for this program, calibrated by measurement
     backend_options: dict[str, Any] = field(default_factory=dict)
 
 

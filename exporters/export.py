@@ -43,32 +43,44 @@ def _tensor_bytes(tensors: Sequence[torch.Tensor]) -> int:
 
 
 def estimate_memory(
-    artifacts: BackendArtifacts, model: nn.Module, optimizer: OptimizerConfig, program_bytes: int
+    artifacts: BackendArtifacts,
+    model: nn.Module,
+    optimizer: OptimizerConfig,
+    program_bytes: int,
+    micro_batches: int,
 ) -> MemoryEstimate:
     """Predicted peak of the training process over its idle baseline, by component.
 
-    The gradient term is the host runner's copy of the gradients (ExecuTorch's Python wrapper clones them
-    each step); the gradients inside the program are part of the planned arena.
+    Gradients live in the backend's planned workspace; a separate accumulation buffer exists only when
+    micro-batches are summed before the optimizer step.
     """
     params = dict(model.named_parameters())
     trainable = [params[name.removeprefix(MODEL_PREFIX)] for name in artifacts.trainable_names]
-    all_state = [*model.parameters(), *model.buffers()]
     trainable_bytes = _tensor_bytes(trainable)
     optimizer_bytes = trainable_bytes * optimizer.state_tensors_per_parameter
-    runtime_overhead = 0
+    accumulation_bytes = trainable_bytes if micro_batches > 1 else 0
     peak = (
-        artifacts.planned_arena_bytes + program_bytes + trainable_bytes + optimizer_bytes + runtime_overhead
+        artifacts.planned_arena_bytes
+        + artifacts.predict_arena_bytes
+        + program_bytes
+        + optimizer_bytes
+        + accumulation_bytes
+        + artifacts.runtime_overhead_bytes
     )
     return MemoryEstimate(
         planned_arena_bytes=artifacts.planned_arena_bytes,
-        parameter_bytes=_tensor_bytes(all_state),
+        parameter_bytes=_tensor_bytes([*model.parameters(), *model.buffers()]),
         trainable_parameter_bytes=trainable_bytes,
         gradient_bytes=trainable_bytes,
         optimizer_state_bytes=optimizer_bytes,
         program_bytes=program_bytes,
-        runtime_overhead_bytes=runtime_overhead,
+        runtime_overhead_bytes=artifacts.runtime_overhead_bytes,
         predicted_peak_bytes=peak,
-        notes="peak = planned arena + program file (mapped) + gradient copies + optimizer state",
+        notes=(
+            "peak = planned arena (incl. gradients) + predict arena "
+            f"({artifacts.predict_arena_bytes}) + program files + optimizer state + gradient accumulation "
+            f"({accumulation_bytes}) + runtime overhead"
+        ),
     )
 
 
@@ -144,7 +156,9 @@ def export_bundle(
         optimizer=optimizer.to_json(),
         training={"batch_size": batch_size, "micro_batches": micro_batches},
         methods=artifacts.methods,
-        memory=estimate_memory(artifacts, prepared, optimizer, sum(f.bytes for f in files.values())),
+        memory=estimate_memory(
+            artifacts, prepared, optimizer, sum(f.bytes for f in files.values()), micro_batches
+        ),
         model={
             "spec": spec.spec,
             "kwargs": spec.kwargs,

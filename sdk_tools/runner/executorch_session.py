@@ -61,6 +61,14 @@ class ExecuTorchSession(TrainingSession):
         spec = self.manifest.labels
         return torch.zeros(spec.shape, dtype=TORCH_DTYPES[spec.dtype])
 
+    def forward_backward(
+        self, inputs: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[float, torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss, logits and gradients (copies) of one batch, without an optimizer step."""
+        outputs = self._run(inputs, labels)
+        grads = outputs[self._grad_start : self._param_start]
+        return float(outputs[0]), outputs[1].clone(), {n: g.clone() for n, g in zip(self._names, grads, strict=True)}
+
     def train_step(
         self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]
     ) -> tuple[float, torch.Tensor]:

@@ -1,0 +1,288 @@
+"""``memwall`` command line: a thin layer over the Python API (each command maps to one call)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from exporters.bundle import Bundle, BundleError
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"shape must be comma-separated integers like 3,32,32, got {text!r}") from exc
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"shape dimensions must be positive, got {text!r}")
+    return shape
+
+
+def _parse_kwargs(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--model-kwargs must be a JSON object, e.g. '{{\"width_mult\": 0.5}}': {exc}")
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--model-kwargs must be a JSON object")
+    return value
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from exporters import FreezeConfig, ModelSpec, OptimizerConfig, apply_freeze, export_bundle
+    from sdk_tools.models import build_model
+
+    model = build_model(args.model, **args.model_kwargs)
+    if args.weights:
+        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+    freeze = FreezeConfig(tuple(args.trainable))
+    apply_freeze(model, freeze)
+    optimizer = OptimizerConfig(
+        kind=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
+    )
+    bundle = export_bundle(
+        model,
+        args.out,
+        sample_shape=args.input_shape,
+        batch_size=args.batch,
+        backend=args.backend,
+        loss=args.loss,
+        optimizer=optimizer,
+        name=args.name,
+        model_spec=ModelSpec(args.model, args.model_kwargs),
+        techniques=[{"name": "freeze", "config": freeze.to_json()}] if args.trainable else [],
+        micro_batches=args.micro_batches,
+        overwrite=args.force,
+    )
+    if args.json:
+        _print_json({"bundle": str(bundle.directory), "manifest": bundle.manifest.to_json()})
+    else:
+        print(describe_bundle(bundle))
+    return 0
+
+
+def describe_bundle(bundle: Bundle) -> str:
+    m = bundle.manifest
+    mem = m.memory
+    trainable = sum(p.numel for p in m.trainable)
+    lines = [
+        f"bundle      {bundle.directory}  (schema v{m.schema_version}, manifest sha256 {bundle.manifest_sha256[:12]})",
+        f"name        {m.name}   backend {m.backend}   by {m.created_by}",
+        f"model       {m.model.get('spec')} {json.dumps(m.model.get('kwargs', {}))}",
+        f"input       {m.inputs[0].name} {m.inputs[0].shape} {m.inputs[0].dtype}; "
+        f"label {m.labels.shape} {m.labels.dtype}; loss {m.loss}",
+        f"classes     {len(m.classes)}: {', '.join(m.classes[:10])}{' ...' if len(m.classes) > 10 else ''}",
+        f"training    batch {m.training['batch_size']} in {m.training['micro_batches']} micro-batch(es); "
+        f"optimizer {json.dumps(m.optimizer)}",
+        f"parameters  {trainable:,} trainable in {len(m.trainable)} tensors, {m.frozen_parameter_count:,} frozen",
+        f"techniques  {', '.join(t['name'] for t in m.techniques) or 'none'}",
+        "files",
+        *(f"  {role:<16} {f.path:<28} {f.bytes / 2**20:8.2f} MiB  sha256 {f.sha256[:12]}" for role, f in m.files.items()),
+        "memory (predicted)",
+        *(
+            f"  {label:<28} {value / 2**20:8.2f} MiB"
+            for label, value in (
+                ("planned arena", mem.planned_arena_bytes),
+                ("program files", mem.program_bytes),
+                ("gradients (runner copies)", mem.gradient_bytes),
+                ("optimizer state", mem.optimizer_state_bytes),
+                ("runtime overhead", mem.runtime_overhead_bytes),
+                ("predicted peak", mem.predicted_peak_bytes),
+                ("all parameters + buffers", mem.parameter_bytes),
+                ("trainable parameters", mem.trainable_parameter_bytes),
+            )
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from exporters.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle)
+    if args.json:
+        _print_json({"manifest_sha256": bundle.manifest_sha256, "manifest": bundle.manifest.to_json()})
+    else:
+        print(describe_bundle(bundle))
+    return 0
+
+
+def _train_config(args: argparse.Namespace, **overrides: Any) -> Any:
+    from sdk_tools.runner import TrainConfig
+
+    return TrainConfig(
+        steps=args.steps,
+        data=args.data,
+        split=args.split,
+        eval_split=args.eval_split or None,
+        seed=args.seed,
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+        **overrides,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from exporters.bundle import load_bundle
+    from sdk_tools.runner import train
+
+    bundle = load_bundle(args.bundle)
+    result = train(bundle, _train_config(args, resume=args.resume, checkpoint_every=args.checkpoint_every))
+    if args.json:
+        _print_json(result.to_json())
+        return 0
+    before = "-" if result.accuracy_before is None else f"{result.accuracy_before:.1%}"
+    after = "-" if result.accuracy_after is None else f"{result.accuracy_after:.1%}"
+    print(
+        f"trained {result.steps_run} steps ({result.total_steps} in total), loss {result.losses[0]:.4f} -> "
+        f"{result.losses[-1]:.4f}, {result.steps_per_second:.2f} steps/s\n"
+        f"accuracy on {args.eval_split}: {before} -> {after}\ncheckpoint {result.checkpoint}"
+    )
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    import torch
+
+    from exporters.bundle import load_bundle
+    from exporters.training_graph import strip_prefix
+    from sdk_tools.runner.checkpoint import default_checkpoint_path, load_checkpoint
+
+    bundle = load_bundle(args.bundle)
+    ckpt = load_checkpoint(Path(args.checkpoint) if args.checkpoint else default_checkpoint_path(bundle), bundle)
+    trained = {strip_prefix(p.name): ckpt.tensors[p.name] for p in bundle.manifest.trainable}
+    state = trained
+    if args.base:
+        state = {**torch.load(args.base, map_location="cpu", weights_only=True), **trained}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, args.out)
+    summary = {"out": args.out, "trained_tensors": len(trained), "total_tensors": len(state), "steps": ckpt.steps}
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"wrote {args.out}: {len(trained)} trained tensors after {ckpt.steps} steps ({len(state)} in total);")
+        print("load with model.load_state_dict(torch.load(path), strict=False)")
+    return 0
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from sdk_tools.measure import measure_training
+
+    result = measure_training(args.bundle, _train_config(args, checkpoint_every=0), threads=args.threads)
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        print(
+            f"predicted peak {result.predicted_peak_bytes / 2**20:.1f} MiB, measured {result.peak_delta_bytes / 2**20:.1f}"
+            f" MiB over a {result.baseline_rss_bytes / 2**20:.1f} MiB idle baseline "
+            f"(error {result.prediction_error:+.1%}); {result.train['steps_per_second']:.2f} steps/s"
+        )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sdk_tools.demo import DemoConfig, format_report, run_demo
+
+    report = run_demo(DemoConfig(backend=args.backend, out_dir=Path(args.out), steps=args.steps))
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(format_report(report))
+    return 0
+
+
+def _add_train_args(parser: argparse.ArgumentParser, steps: int) -> None:
+    parser.add_argument("bundle", help="bundle directory made by 'memwall export'")
+    parser.add_argument("--data", default="digits", help="'digits', 'random' or a .npz with arrays x, y")
+    parser.add_argument("--split", default="personal", help="training split of the digits data")
+    parser.add_argument("--eval-split", default="personal_test", help="evaluation split ('' to skip)")
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint", help="checkpoint file (default: BUNDLE/checkpoint.safetensors)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memwall", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="export a model as an on-device training bundle")
+    p.add_argument("--model", required=True, help="mlp | small_cnn | mobilenet_v2 | pkg.module:factory")
+    p.add_argument("--model-kwargs", type=_parse_kwargs, default={}, help="JSON kwargs for the factory")
+    p.add_argument("--weights", help="state dict (.pt) to load before export")
+    p.add_argument("--input-shape", type=_parse_shape, required=True, help="one sample's shape, e.g. 3,32,32")
+    p.add_argument("--batch", type=int, default=8, help="samples per optimizer step")
+    p.add_argument("--micro-batches", type=int, default=1, help="split each step into this many calls")
+    p.add_argument("--backend", choices=("executorch", "onnxruntime"), default="executorch")
+    p.add_argument("--loss", default="cross_entropy", help="cross_entropy | mse | bce_with_logits | pkg.mod:fn")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--trainable", action="append", default=[], help="fnmatch pattern of parameters to train")
+    p.add_argument("--name", help="bundle name (default: model-backend)")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("inspect", help="verify a bundle and print its manifest")
+    p.add_argument("bundle")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("train", help="train a bundle in its real runtime")
+    _add_train_args(p, steps=100)
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pull", help="write the trained weights as a PyTorch state dict")
+    p.add_argument("bundle")
+    p.add_argument("--out", required=True, help="state dict file to write (.pt)")
+    p.add_argument("--base", help="full state dict to overlay the trained tensors on")
+    p.add_argument("--checkpoint")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("measure", help="train in a child process and measure peak memory")
+    _add_train_args(p, steps=20)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_measure)
+
+    p = sub.add_parser("demo", help="pretrain, export, personalize on device, report (the main job)")
+    p.add_argument("--backend", choices=("executorch", "onnxruntime"), default="executorch")
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--out", default="memwall_runs/demo")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    try:
+        from sdk_tools.lab.cli import add_lab_parser
+    except ImportError:
+        pass
+    else:
+        add_lab_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (BundleError, ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError) as exc:
+        print(f"memwall {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Child-process entry point that trains a bundle and measures its memory.
+
+Run as ``python -m sdk_tools.runner.worker REQUEST.json RESULT.json``. It imports the runtime and loads the
+data first, records that as the idle baseline and resets the peak (``/proc/self/clear_refs``), then opens the
+bundle and trains: the peak it reports is what training itself costs, not the parent's imports.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from exporters.bundle import load_bundle
+from sdk_tools.memory import proc_status_bytes, reset_peak
+from sdk_tools.runner.train import TrainConfig, dataset_for, open_session, train
+
+
+def main(request_path: str, result_path: str) -> int:
+    request = json.loads(Path(request_path).read_text())
+    bundle = load_bundle(request["bundle"])
+    config = TrainConfig(**{**request["config"], "checkpoint": request["config"].get("checkpoint")})
+    # Load the data before the baseline: it belongs to the app, not to training.
+    for split in filter(None, (config.split, config.eval_split)):
+        dataset_for(bundle, config.data, split)
+    if bundle.manifest.backend == "executorch":
+        import executorch.extension.pybindings.portable_lib  # noqa: F401  (runtime in the baseline)
+    baseline = proc_status_bytes("VmRSS")
+    reset_peak()
+    session = open_session(bundle)
+    loaded = proc_status_bytes("VmRSS")
+    result = train(bundle, config, session)
+    peak = proc_status_bytes("VmHWM")
+    output = {
+        "train": result.to_json(),
+        "memory": {
+            "baseline_rss_bytes": baseline,
+            "loaded_rss_bytes": loaded,
+            "peak_rss_bytes": peak,
+            "peak_delta_bytes": peak - baseline,
+        },
+    }
+    Path(result_path).write_text(json.dumps(output))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:3]))

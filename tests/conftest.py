@@ -1,0 +1,88 @@
+"""Shared fixtures: reference models exported once per test session (exports take seconds to a minute)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from exporters import Bundle, ModelSpec, OptimizerConfig, export_bundle
+from exporters.training_graph import prepare_for_training_export
+from sdk_tools.models import build_model
+
+# Small settings that keep every layer type of each reference model (MobileNetV2 keeps all 17 blocks).
+REFERENCE_CASES: dict[str, tuple[dict, tuple[int, ...]]] = {
+    "mlp": ({}, (1, 8, 8)),
+    "small_cnn": ({}, (1, 8, 8)),
+    "mobilenet_v2": ({"width_mult": 0.25, "in_channels": 3}, (3, 16, 16)),
+}
+BATCH = 4
+
+
+@dataclass
+class ExportedCase:
+    name: str
+    eager: nn.Module  # the model as it trains on device (BatchNorm frozen), same initial weights
+    sample_shape: tuple[int, ...]
+    bundle: Bundle
+
+    def fresh_eager(self) -> nn.Module:
+        return copy.deepcopy(self.eager)
+
+    def batch(self, seed: int, batch: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(seed)
+        return torch.rand((batch, *self.sample_shape), generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+
+
+def make_model(name: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    kwargs, _ = REFERENCE_CASES[name]
+    model = build_model(name, **kwargs)
+    # Non-trivial BatchNorm statistics, so freezing them is actually exercised.
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def export_case(
+    tmp_root: Path,
+    name: str,
+    optimizer: OptimizerConfig,
+    *,
+    tag: str = "",
+    batch: int = BATCH,
+    micro_batches: int = 1,
+    configure: Callable[[nn.Module], None] | None = None,
+    backend: str = "executorch",
+) -> ExportedCase:
+    kwargs, shape = REFERENCE_CASES[name]
+    model = make_model(name)
+    if configure:
+        configure(model)
+    bundle = export_bundle(
+        model,
+        tmp_root / f"{name}-{backend}{tag}",
+        sample_shape=shape,
+        batch_size=batch,
+        backend=backend,
+        optimizer=optimizer,
+        model_spec=ModelSpec(name, kwargs),
+        micro_batches=micro_batches,
+    )
+    return ExportedCase(name, prepare_for_training_export(model), shape, bundle)
+
+
+SGD_MOMENTUM = OptimizerConfig(kind="sgd", lr=0.01, momentum=0.9)
+
+
+@pytest.fixture(scope="session", params=list(REFERENCE_CASES))
+def et_case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ExportedCase:
+    """Each reference model exported to ExecuTorch with SGD + momentum, all parameters trainable."""
+    return export_case(tmp_path_factory.mktemp("et"), request.param, SGD_MOMENTUM)
