@@ -25,9 +25,7 @@ class BackendArtifacts:
     backend_options: dict[str, Any] = field(default_factory=dict)
 
 
-BackendExporter = Callable[
-    [nn.Module, LossSpec, torch.Tensor, torch.Tensor, OptimizerConfig, Path], BackendArtifacts
-]
+BackendExporter = Callable[[nn.Module, LossSpec, torch.Tensor, torch.Tensor, OptimizerConfig, Path], BackendArtifacts]
 
 
 def backend_exporter(backend: str) -> BackendExporter:

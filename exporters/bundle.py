@@ -195,18 +195,14 @@ def load_bundle(directory: str | os.PathLike[str], verify_files: bool = True) ->
     bundle_dir = Path(directory)
     manifest_path = bundle_dir / MANIFEST_NAME
     if not bundle_dir.is_dir():
-        raise BundleError(
-            f"{bundle_dir} is not a directory; pass the bundle directory made by 'memwall export'"
-        )
+        raise BundleError(f"{bundle_dir} is not a directory; pass the bundle directory made by 'memwall export'")
     if not manifest_path.is_file():
         raise BundleError(f"{bundle_dir} has no {MANIFEST_NAME}: not a memwall bundle (run 'memwall export')")
     raw = manifest_path.read_bytes()
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(
-            f"{manifest_path} is not valid JSON ({exc}); the bundle is corrupt, re-export it"
-        ) from exc
+        raise BundleError(f"{manifest_path} is not valid JSON ({exc}); the bundle is corrupt, re-export it") from exc
     validate_manifest_json(data, str(manifest_path))
     manifest = Manifest.from_json(data)
     if verify_files:
@@ -218,9 +214,7 @@ def load_bundle(directory: str | os.PathLike[str], verify_files: bool = True) ->
 def verify_file(bundle_dir: Path, role: str, entry: FileEntry) -> None:
     path = bundle_dir / entry.path
     if not path.is_file():
-        raise BundleError(
-            f"bundle file {entry.path!r} ({role}) is missing from {bundle_dir}; re-export the bundle"
-        )
+        raise BundleError(f"bundle file {entry.path!r} ({role}) is missing from {bundle_dir}; re-export the bundle")
     size = path.stat().st_size
     if size != entry.bytes:
         raise BundleError(

@@ -39,9 +39,7 @@ RUNTIME_OVERHEAD_BYTES = 6 * 2**20 + 512 * 2**10
 MEMORY_PLANNING = {"algorithm": "greedy", "alloc_graph_input": True, "alloc_graph_output": True}
 
 
-def export_joint_graph(
-    model: nn.Module, loss: LossSpec, inputs: torch.Tensor, labels: torch.Tensor
-) -> ExportedProgram:
+def export_joint_graph(model: nn.Module, loss: LossSpec, inputs: torch.Tensor, labels: torch.Tensor) -> ExportedProgram:
     """The joint forward/backward program of one training step."""
     if not trainable_parameters(model):
         raise ValueError("no parameter requires grad: nothing to train; unfreeze at least one parameter")
@@ -84,9 +82,7 @@ def export_executorch(
         alloc_graph_output=MEMORY_PLANNING["alloc_graph_output"],
     )
     program = edge.to_executorch(ExecutorchBackendConfig(memory_planning_pass=planner))
-    arenas = {
-        plan.name: sum(plan.non_const_buffer_sizes) for plan in program.executorch_program.execution_plan
-    }
+    arenas = {plan.name: sum(plan.non_const_buffer_sizes) for plan in program.executorch_program.execution_plan}
     atomic_write_bytes(out_dir / PROGRAM_FILE, program.buffer)
     trainable = gradient_order(joint)
     return BackendArtifacts(

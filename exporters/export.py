@@ -109,14 +109,10 @@ def export_bundle(
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise FileExistsError(
-                f"{out} exists and is not empty; pass overwrite=True (--force) to replace it"
-            )
+            raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--force) to replace it")
         shutil.rmtree(out)
     if batch_size < 1 or batch_size % micro_batches:
-        raise ValueError(
-            f"batch size {batch_size} must be a positive multiple of micro_batches {micro_batches}"
-        )
+        raise ValueError(f"batch size {batch_size} must be a positive multiple of micro_batches {micro_batches}")
     loss_spec = resolve_loss(loss)
     prepared = prepare_for_training_export(model)
     step_batch = batch_size // micro_batches
@@ -127,9 +123,7 @@ def export_bundle(
     if len(classes) != num_classes:
         raise ValueError(f"{len(classes)} class names given, the model outputs {num_classes} logits")
     labels = encode_labels(loss_spec, torch.arange(step_batch) % num_classes, num_classes)
-    _log(
-        f"exporting {type(model).__name__} for {backend} (batch {step_batch} x {micro_batches} micro-batches)"
-    )
+    _log(f"exporting {type(model).__name__} for {backend} (batch {step_batch} x {micro_batches} micro-batches)")
     artifacts = backend_exporter(backend)(prepared, loss_spec, inputs, labels, optimizer, out)
     files = {role: file_entry(out, path) for role, path in artifacts.files.items()}
     params = dict(prepared.named_parameters())
@@ -156,9 +150,7 @@ def export_bundle(
         optimizer=optimizer.to_json(),
         training={"batch_size": batch_size, "micro_batches": micro_batches},
         methods=artifacts.methods,
-        memory=estimate_memory(
-            artifacts, prepared, optimizer, sum(f.bytes for f in files.values()), micro_batches
-        ),
+        memory=estimate_memory(artifacts, prepared, optimizer, sum(f.bytes for f in files.values()), micro_batches),
         model={
             "spec": spec.spec,
             "kwargs": spec.kwargs,

@@ -30,7 +30,9 @@ def _parse_kwargs(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"--model-kwargs must be a JSON object, e.g. '{{\"width_mult\": 0.5}}': {exc}")
+        raise argparse.ArgumentTypeError(  # noqa: B904  (argparse prints only the message)
+            f"--model-kwargs must be a JSON object, e.g. '{{\"width_mult\": 0.5}}': {exc}"
+        )
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("--model-kwargs must be a JSON object")
     return value
@@ -47,9 +49,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     freeze = FreezeConfig(tuple(args.trainable))
     apply_freeze(model, freeze)
-    optimizer = OptimizerConfig(
-        kind=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
-    )
+    optimizer = OptimizerConfig(kind=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     bundle = export_bundle(
         model,
         args.out,
@@ -87,7 +87,10 @@ def describe_bundle(bundle: Bundle) -> str:
         f"parameters  {trainable:,} trainable in {len(m.trainable)} tensors, {m.frozen_parameter_count:,} frozen",
         f"techniques  {', '.join(t['name'] for t in m.techniques) or 'none'}",
         "files",
-        *(f"  {role:<16} {f.path:<28} {f.bytes / 2**20:8.2f} MiB  sha256 {f.sha256[:12]}" for role, f in m.files.items()),
+        *(
+            f"  {role:<16} {f.path:<28} {f.bytes / 2**20:8.2f} MiB  sha256 {f.sha256[:12]}"
+            for role, f in m.files.items()
+        ),
         "memory (predicted)",
         *(
             f"  {label:<28} {value / 2**20:8.2f} MiB"
@@ -165,7 +168,12 @@ def cmd_pull(args: argparse.Namespace) -> int:
         state = {**torch.load(args.base, map_location="cpu", weights_only=True), **trained}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, args.out)
-    summary = {"out": args.out, "trained_tensors": len(trained), "total_tensors": len(state), "steps": ckpt.steps}
+    summary = {
+        "out": args.out,
+        "trained_tensors": len(trained),
+        "total_tensors": len(state),
+        "steps": ckpt.steps,
+    }
     if args.json:
         _print_json(summary)
     else:
@@ -176,14 +184,15 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def cmd_measure(args: argparse.Namespace) -> int:
     from sdk_tools.measure import measure_training
+    from sdk_tools.memory import mib
 
     result = measure_training(args.bundle, _train_config(args, checkpoint_every=0), threads=args.threads)
     if args.json:
         _print_json(result.to_json())
     else:
         print(
-            f"predicted peak {result.predicted_peak_bytes / 2**20:.1f} MiB, measured {result.peak_delta_bytes / 2**20:.1f}"
-            f" MiB over a {result.baseline_rss_bytes / 2**20:.1f} MiB idle baseline "
+            f"predicted peak {mib(result.predicted_peak_bytes)}, measured {mib(result.peak_delta_bytes)}"
+            f" over a {mib(result.baseline_rss_bytes)} idle baseline "
             f"(error {result.prediction_error:+.1%}); {result.train['steps_per_second']:.2f} steps/s"
         )
     return 0

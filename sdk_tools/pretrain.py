@@ -14,7 +14,12 @@ from sdk_tools.data.loading import Batches
 
 
 def pretrain(
-    model: nn.Module, data: DigitsSplit, epochs: int = 10, batch_size: int = 32, lr: float = 3e-3, seed: int = 0
+    model: nn.Module,
+    data: DigitsSplit,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    seed: int = 0,
 ) -> nn.Module:
     """Train ``model`` in place with AdamW (BatchNorm in training mode) and return it in eval mode."""
     torch.manual_seed(seed)

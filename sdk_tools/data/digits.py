@@ -32,9 +32,7 @@ class DigitsSplit:
         return len(self.labels)
 
 
-def _stratified_halves(
-    labels: np.ndarray, fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, ...]:
+def _stratified_halves(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     first, second = [], []
     for cls in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == cls))
@@ -64,9 +62,7 @@ def _resize(images: torch.Tensor, image_size: tuple[int, int], channels: int) ->
     return images.expand(-1, channels, -1, -1).contiguous()
 
 
-def load_digits_split(
-    split: SplitName, image_size: tuple[int, int] = (8, 8), channels: int = 1
-) -> DigitsSplit:
+def load_digits_split(split: SplitName, image_size: tuple[int, int] = (8, 8), channels: int = 1) -> DigitsSplit:
     """One of the four deterministic splits, resized to ``image_size`` and repeated to ``channels``.
 
     ``pretrain``/``pretrain_test``: plain digits (80/20 of one half). ``personal``/``personal_test``: the

@@ -21,9 +21,7 @@ def load_dataset(
     """
     if name == "digits":
         if len(sample_shape) != 3:
-            raise ValueError(
-                f"digits needs an image input (C, H, W); the bundle's input sample is {sample_shape}"
-            )
+            raise ValueError(f"digits needs an image input (C, H, W); the bundle's input sample is {sample_shape}")
         channels, height, width = sample_shape
         return load_digits_split(split, (height, width), channels)  # type: ignore[arg-type]
     if name == "random":
@@ -34,9 +32,7 @@ def load_dataset(
         return DigitsSplit(x, y)
     path = Path(name)
     if path.suffix != ".npz":
-        raise ValueError(
-            f"unknown dataset {name!r}: use 'digits', 'random' or a .npz file with arrays x and y"
-        )
+        raise ValueError(f"unknown dataset {name!r}: use 'digits', 'random' or a .npz file with arrays x and y")
     if not path.is_file():
         raise FileNotFoundError(f"dataset file {path} does not exist")
     with np.load(path) as arrays:
@@ -45,9 +41,7 @@ def load_dataset(
         x = torch.from_numpy(arrays["x"].astype(np.float32))
         y = torch.from_numpy(arrays["y"].astype(np.int64))
     if tuple(x.shape[1:]) != tuple(sample_shape):
-        raise ValueError(
-            f"{path}: samples have shape {tuple(x.shape[1:])}, the bundle expects {sample_shape}"
-        )
+        raise ValueError(f"{path}: samples have shape {tuple(x.shape[1:])}, the bundle expects {sample_shape}")
     return DigitsSplit(x, y)
 
 

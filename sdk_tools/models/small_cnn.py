@@ -7,9 +7,7 @@ from torch import nn
 
 
 class SmallCNN(nn.Module):
-    def __init__(
-        self, in_channels: int = 1, channels: tuple[int, int] = (16, 32), num_classes: int = 10
-    ) -> None:
+    def __init__(self, in_channels: int = 1, channels: tuple[int, int] = (16, 32), num_classes: int = 10) -> None:
         super().__init__()
         c1, c2 = channels
         self.features = nn.Sequential(

@@ -67,11 +67,13 @@ class ExecuTorchSession(TrainingSession):
         """Loss, logits and gradients (copies) of one batch, without an optimizer step."""
         outputs = self._run(inputs, labels)
         grads = outputs[self._grad_start : self._param_start]
-        return float(outputs[0]), outputs[1].clone(), {n: g.clone() for n, g in zip(self._names, grads, strict=True)}
+        return (
+            float(outputs[0]),
+            outputs[1].clone(),
+            {n: g.clone() for n, g in zip(self._names, grads, strict=True)},
+        )
 
-    def train_step(
-        self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]
-    ) -> tuple[float, torch.Tensor]:
+    def train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, torch.Tensor]:
         count = len(micro_batches)
         total_loss = 0.0
         logits: list[torch.Tensor] = []

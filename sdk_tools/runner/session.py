@@ -47,9 +47,7 @@ class TrainingSession(ABC):
             check_tensor(labels, self.manifest.labels, "labels")
 
     @abstractmethod
-    def train_step(
-        self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]
-    ) -> tuple[float, torch.Tensor]:
+    def train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, torch.Tensor]:
         """Forward+backward over each micro-batch, accumulate, one optimizer update.
 
         Returns the mean loss and the logits of all micro-batches (concatenated).

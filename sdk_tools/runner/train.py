@@ -98,9 +98,7 @@ def train(bundle: Bundle, config: TrainConfig, session: TrainingSession | None =
         result.accuracy_before = evaluate(session, eval_data)
     batches = Batches(dataset_for(bundle, config.data, config.split), micro_size, seed=config.seed)
     stream = batches.from_position(position)
-    bar = tqdm(
-        range(config.steps), desc="training", unit="step", disable=not config.progress, file=sys.stderr
-    )
+    bar = tqdm(range(config.steps), desc="training", unit="step", disable=not config.progress, file=sys.stderr)
     for i in bar:
         micro_batches = []
         for _ in range(micro):
@@ -128,9 +126,7 @@ def _save(session: TrainingSession, bundle: Bundle, path: Path, position: int) -
     save_checkpoint(path, Checkpoint(steps, position, tensors, bundle.manifest_sha256))
 
 
-def load_trained_weights(
-    model: torch.nn.Module, bundle: Bundle, checkpoint: Path | None = None
-) -> torch.nn.Module:
+def load_trained_weights(model: torch.nn.Module, bundle: Bundle, checkpoint: Path | None = None) -> torch.nn.Module:
     """Copy the trained parameters of ``bundle``'s checkpoint into ``model`` (in place) and return it."""
     from exporters.training_graph import strip_prefix
 

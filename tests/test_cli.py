@@ -1,0 +1,71 @@
+"""The command line, end to end, as a user runs it (real subprocesses, real runtime)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdk_tools.models import build_model
+
+
+def memwall(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "sdk_tools.cli", *args], capture_output=True, text=True, timeout=600)
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "mlp-bundle"
+    proc = memwall(
+        "export", "--model", "mlp", "--input-shape", "1,8,8", "--batch", "16", "--optimizer", "sgd",
+        "--lr", "0.05", "--momentum", "0.9", "--out", str(out), "--json",
+    )  # fmt: skip
+    assert json.loads(proc.stdout)["manifest"]["backend"] == "executorch"
+    return out
+
+
+def test_inspect_human_and_json(exported: Path) -> None:
+    text = memwall("inspect", str(exported)).stdout
+    assert "planned arena" in text and "model.pte" in text
+    data = json.loads(memwall("inspect", str(exported), "--json").stdout)
+    assert data["manifest"]["training"]["batch_size"] == 16
+    assert len(data["manifest_sha256"]) == 64
+
+
+def test_train_resume_and_pull(exported: Path, tmp_path: Path) -> None:
+    first = json.loads(memwall("train", str(exported), "--steps", "40", "--json").stdout)
+    assert first["total_steps"] == 40
+    assert first["accuracy_after"] > first["accuracy_before"] + 0.15  # learns from scratch within 40 steps
+    second = json.loads(memwall("train", str(exported), "--steps", "10", "--resume", "--json").stdout)
+    assert second["total_steps"] == 50
+    out = tmp_path / "trained.pt"
+    summary = json.loads(memwall("pull", str(exported), "--out", str(out), "--json").stdout)
+    assert summary["steps"] == 50
+    model = build_model("mlp")
+    missing, unexpected = model.load_state_dict(torch.load(out), strict=False)
+    assert not missing and not unexpected
+
+
+def test_measure_reports_prediction_and_peak(exported: Path) -> None:
+    data = json.loads(memwall("measure", str(exported), "--steps", "5", "--json").stdout)
+    assert data["peak_delta_bytes"] > 0
+    assert data["predicted_peak_bytes"] > 0
+    assert data["train"]["steps_run"] == 5
+
+
+def test_errors_are_clear_and_exit_nonzero(exported: Path, tmp_path: Path) -> None:
+    proc = memwall("inspect", str(tmp_path), ok=False)
+    assert proc.returncode == 2 and "no manifest.json" in proc.stderr and "Traceback" not in proc.stderr
+    proc = memwall("export", "--model", "mlp", "--input-shape", "1,8,8", "--out", str(exported), ok=False)
+    assert proc.returncode == 2 and "--force" in proc.stderr
+    proc = memwall("train", str(exported), "--data", "missing.npz", ok=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    proc = memwall("export", "--model", "mlp", "--input-shape", "a,b", "--out", str(tmp_path / "x"), ok=False)
+    assert proc.returncode == 2 and "comma-separated integers" in proc.stderr
