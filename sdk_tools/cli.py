@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from exporters.bundle import Bundle, BundleError
+from sdk_tools.lab.cli import add_lab_parser
+from sdk_tools.lab.client import LabClientError
 
 
 def _print_json(data: Any) -> None:
@@ -187,6 +189,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from sdk_tools.memory import mib
 
     result = measure_training(args.bundle, _train_config(args, checkpoint_every=0), threads=args.threads)
+    _report_to_lab(args, result)
     if args.json:
         _print_json(result.to_json())
     else:
@@ -201,12 +204,39 @@ def cmd_measure(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from sdk_tools.demo import DemoConfig, format_report, run_demo
 
-    report = run_demo(DemoConfig(backend=args.backend, out_dir=Path(args.out), steps=args.steps))
+    config = DemoConfig(backend=args.backend, out_dir=Path(args.out), steps=args.steps)
+    report = run_demo(config)
+    _report_to_lab(args, report.measurement)
     if args.json:
         _print_json(report.to_json())
     else:
         print(format_report(report))
     return 0
+
+
+def _report_to_lab(args: argparse.Namespace, measurement: Any) -> None:
+    """Post to ``--lab`` when given; otherwise ``--local-lab`` records into the embedded SQLite lab."""
+    from sdk_tools import host_report
+
+    if args.lab:
+        if not (args.token and args.device_id):
+            raise ValueError("--lab needs --token and --device-id (from 'memwall lab register')")
+        answer = host_report.post_to_lab(measurement, args.lab, args.token, args.device_id)
+        print(f"[memwall] report posted to {args.lab} (id {answer.get('id')})", file=sys.stderr)
+    elif args.local_lab:
+        row = host_report.record_locally(measurement, Path(args.local_lab))
+        print(
+            f"[memwall] report {row} recorded in the local lab {args.local_lab} ('memwall lab serve')", file=sys.stderr
+        )
+
+
+def _add_lab_args(parser: argparse.ArgumentParser, local_default: str | None) -> None:
+    parser.add_argument("--lab", help="lab server URL to post the measurement to")
+    parser.add_argument("--token", help="device token from 'memwall lab register'")
+    parser.add_argument("--device-id", help="device id from 'memwall lab register'")
+    parser.add_argument(
+        "--local-lab", default=local_default, help=f"record into the embedded lab in this directory ({local_default})"
+    )
 
 
 def _add_train_args(parser: argparse.ArgumentParser, steps: int) -> None:
@@ -266,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("measure", help="train in a child process and measure peak memory")
     _add_train_args(p, steps=20)
     p.add_argument("--threads", type=int, default=None)
+    _add_lab_args(p, local_default=None)
     p.set_defaults(func=cmd_measure)
 
     p = sub.add_parser("demo", help="pretrain, export, personalize on device, report (the main job)")
@@ -273,14 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--out", default="memwall_runs/demo")
     p.add_argument("--json", action="store_true")
+    _add_lab_args(p, local_default="memwall_lab")
     p.set_defaults(func=cmd_demo)
 
-    try:
-        from sdk_tools.lab.cli import add_lab_parser
-    except ImportError:
-        pass
-    else:
-        add_lab_parser(sub)
+    add_lab_parser(sub)
     return parser
 
 
@@ -288,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (BundleError, ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError) as exc:
+    except (BundleError, LabClientError, ValueError, OSError, KeyError, RuntimeError) as exc:
         print(f"memwall {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -28,6 +28,7 @@ class Measurement:
     baseline_rss_bytes: int
     peak_rss_bytes: int
     peak_delta_bytes: int
+    threads: int
     train: dict[str, Any]
 
     @property
@@ -69,5 +70,6 @@ def measure_training(bundle_dir: str | Path, config: TrainConfig, threads: int |
         baseline_rss_bytes=memory["baseline_rss_bytes"],
         peak_rss_bytes=memory["peak_rss_bytes"],
         peak_delta_bytes=memory["peak_delta_bytes"],
+        threads=output["threads"],
         train=output["train"],
     )

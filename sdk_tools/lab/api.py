@@ -37,9 +37,7 @@ API_PREFIX = "/api/v1"
 # Row ids are 64-bit in PostgreSQL; a larger number in a URL would fail in the database, not here.
 MAX_ROW_ID = 2**63 - 1
 _bearer = HTTPBearer(auto_error=False, description="Token returned by POST /api/v1/devices")
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422)
-}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422)}
 
 
 class DeviceIn(BaseModel):
@@ -113,9 +111,7 @@ async def _filters(
 Filters = Annotated[store.ReportFilter, Depends(_filters)]
 
 
-def _ingest(
-    db: Database, credentials: HTTPAuthorizationCredentials | None, body: bytes
-) -> store.StoredReport:
+def _ingest(db: Database, credentials: HTTPAuthorizationCredentials | None, body: bytes) -> store.StoredReport:
     """Everything blocking about a post, in one trip to the thread pool."""
     device_id = _authenticated_device(db, credentials)
     report = parse_report(body)
@@ -161,9 +157,7 @@ def list_devices(db: DB) -> list[dict[str, Any]]:
     status_code=201,
     response_model=ReportAck,
     responses={200: {"model": ReportAck, "description": "Already stored (a retry); nothing written"}},
-    openapi_extra={
-        "requestBody": {"required": True, "content": {"application/json": {"schema": report_schema()}}}
-    },
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": report_schema()}}}},
 )
 async def post_report(request: Request, response: Response, db: DB, credentials: Bearer) -> ReportAck:
     """Store a report once per (device, run.report_id). 201 when stored now, 200 for a retry."""
@@ -215,9 +209,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OperationalError)
     async def _database_down(_request: Request, exc: OperationalError) -> JSONResponse:
         # Nothing was acknowledged; clients retry 503 with the same report_id.
-        return error_response(
-            503, f"database unavailable: {exc.orig.__class__.__name__ if exc.orig else exc}"
-        )
+        return error_response(503, f"database unavailable: {exc.orig.__class__.__name__ if exc.orig else exc}")
 
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -18,9 +18,7 @@ def _serve(args: argparse.Namespace) -> int:
     from sdk_tools.lab.config import LabConfig, ServeConfig, default_db_url
     from sdk_tools.lab.server import serve
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Alembic announces each of its plugins at INFO on every start.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
@@ -43,9 +41,7 @@ def _register(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"device_id": device_id, "token": token}))
     else:
-        print(
-            f"device_id: {device_id}\ntoken:     {token}\n(store the token now; the lab keeps only its hash)"
-        )
+        print(f"device_id: {device_id}\ntoken:     {token}\n(store the token now; the lab keeps only its hash)")
     return 0
 
 
@@ -99,9 +95,7 @@ def configure_lab_parser(parser: argparse.ArgumentParser) -> None:
     serve.set_defaults(func=_serve)
 
     register = commands.add_parser("register", help="register a device; prints its id and bearer token")
-    register.add_argument(
-        "--server", default=DEFAULT_SERVER, metavar="URL", help="lab URL (default: %(default)s)"
-    )
+    register.add_argument("--server", default=DEFAULT_SERVER, metavar="URL", help="lab URL (default: %(default)s)")
     register.add_argument("--name", required=True, help="device name shown on the dashboard")
     register.add_argument("--json", action="store_true", help="print {device_id, token} as JSON")
     register.set_defaults(func=_register)
@@ -110,9 +104,7 @@ def configure_lab_parser(parser: argparse.ArgumentParser) -> None:
     report.add_argument("--png", type=Path, metavar="FILE", help="matplotlib chart of predicted vs measured")
     report.add_argument("--csv", type=Path, metavar="FILE", help="one row per report")
     source = report.add_mutually_exclusive_group()
-    source.add_argument(
-        "--server", metavar="URL", help=f"read from a running lab (default: {DEFAULT_SERVER})"
-    )
+    source.add_argument("--server", metavar="URL", help=f"read from a running lab (default: {DEFAULT_SERVER})")
     source.add_argument("--db", metavar="URL", help="read a lab database directly (SQLAlchemy URL)")
     for name in ("device", "backend", "model", "status"):
         report.add_argument(f"--{name}", help=f"only reports with this {name}")
@@ -121,7 +113,5 @@ def configure_lab_parser(parser: argparse.ArgumentParser) -> None:
 
 def add_lab_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Hook for the main ``memwall`` CLI: adds the ``lab`` command."""
-    lab = subparsers.add_parser(
-        "lab", help="device lab: collect measured runs and compare them with predictions"
-    )
+    lab = subparsers.add_parser("lab", help="device lab: collect measured runs and compare them with predictions")
     configure_lab_parser(lab)

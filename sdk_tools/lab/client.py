@@ -102,9 +102,7 @@ def post_report(
             if exc.status not in RETRYABLE_STATUSES and exc.status is not None:
                 raise
             if attempt >= retries:
-                raise LabClientError(
-                    f"{exc} (gave up after {attempt + 1} attempts)", exc.status, exc.body
-                ) from exc
+                raise LabClientError(f"{exc} (gave up after {attempt + 1} attempts)", exc.status, exc.body) from exc
         # Full jitter keeps many phones retrying after a lab restart from arriving in lockstep.
         time.sleep(random.uniform(0, min(max_backoff_s, backoff_s * 2**attempt)))
         attempt += 1
@@ -168,13 +166,14 @@ def bundle_section(manifest_path: Path) -> dict[str, Any]:
     raw = manifest_path.read_bytes()
     manifest = json.loads(raw)
     memory = manifest.get("memory") or {}
-    techniques = manifest.get("techniques") or {}
+    model = manifest.get("model") or {}
     return {
         "manifest_sha256": hashlib.sha256(raw).hexdigest(),
         "name": manifest["name"],
         "backend": manifest["backend"],
-        "model": manifest["model"],
-        "plan": techniques if isinstance(techniques, dict) else {"techniques": techniques},
+        # The manifest's model is {spec, kwargs, ...}; the lab groups runs by the spec (or the bundle name).
+        "model": model.get("spec") or manifest["name"],
+        "plan": {"techniques": manifest.get("techniques") or []},
         "predicted_peak_bytes": memory["predicted_peak_bytes"],
         "predicted": {k: v for k, v in memory.items() if isinstance(v, int) and not isinstance(v, bool)},
     }

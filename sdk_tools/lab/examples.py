@@ -78,9 +78,7 @@ def example_report(
             "baseline_bytes": baseline,
             "peak_delta_bytes": measured,
             "native_heap_bytes": measured // 2,
-            "samples": [
-                {"t_ms": 100.0 * i, "rss_bytes": baseline + measured * i // steps} for i in range(steps + 1)
-            ],
+            "samples": [{"t_ms": 100.0 * i, "rss_bytes": baseline + measured * i // steps} for i in range(steps + 1)],
         },
         "status": status,
         "error": None,

@@ -104,9 +104,7 @@ def decode_json(body: bytes) -> Any:
     try:
         document = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        raise ReportInvalid(
-            400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from exc
+        raise ReportInvalid(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
     except ValueError as exc:
         raise ReportInvalid(400, f"malformed JSON: {exc}") from exc
     except RecursionError as exc:

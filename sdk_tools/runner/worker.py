@@ -16,6 +16,17 @@ from sdk_tools.memory import proc_status_bytes, reset_peak
 from sdk_tools.runner.train import TrainConfig, dataset_for, open_session, train
 
 
+def runtime_threads(backend: str) -> int:
+    """Threads the runtime computes with (imports the runtime, so it is part of the idle baseline)."""
+    if backend == "executorch":
+        from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count
+
+        return max(1, _threadpool_get_thread_count())
+    import torch
+
+    return torch.get_num_threads()
+
+
 def main(request_path: str, result_path: str) -> int:
     request = json.loads(Path(request_path).read_text())
     bundle = load_bundle(request["bundle"])
@@ -23,8 +34,7 @@ def main(request_path: str, result_path: str) -> int:
     # Load the data before the baseline: it belongs to the app, not to training.
     for split in filter(None, (config.split, config.eval_split)):
         dataset_for(bundle, config.data, split)
-    if bundle.manifest.backend == "executorch":
-        import executorch.extension.pybindings.portable_lib  # noqa: F401  (runtime in the baseline)
+    threads = runtime_threads(bundle.manifest.backend)
     baseline = proc_status_bytes("VmRSS")
     reset_peak()
     session = open_session(bundle)
@@ -39,6 +49,7 @@ def main(request_path: str, result_path: str) -> int:
             "peak_rss_bytes": peak,
             "peak_delta_bytes": peak - baseline,
         },
+        "threads": threads,
     }
     Path(result_path).write_text(json.dumps(output))
     return 0

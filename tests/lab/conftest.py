@@ -151,9 +151,7 @@ class Rows:
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
-def db_factory(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[DatabaseFactory]:
+def db_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseFactory]:
     factory = DatabaseFactory(request.param, tmp_path_factory.mktemp(f"lab-{request.param}"))
     yield factory
     factory.close()
@@ -202,9 +200,7 @@ class Answer:
     headers: dict[str, str]
 
 
-def _send(
-    url: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
-) -> Answer:
+def _send(url: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Answer:
     """One raw HTTP exchange, so tests control every byte and header the server sees."""
     parsed = urllib.parse.urlsplit(url)
     connection = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port, timeout=30)
@@ -226,9 +222,7 @@ class Http:
     def get(self, path: str) -> Answer:
         return _send(self.url, "GET", path)
 
-    def post(
-        self, path: str, body: bytes | dict[str, Any], token: str | None = None, **headers: str
-    ) -> Answer:
+    def post(self, path: str, body: bytes | dict[str, Any], token: str | None = None, **headers: str) -> Answer:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         sent = {"Content-Type": "application/json", **headers}
         if token is not None:

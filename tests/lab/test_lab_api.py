@@ -28,9 +28,7 @@ def test_register_returns_id_and_token_and_stores_only_a_hash(api, rows) -> None
     uuid.UUID(device_id)
     assert len(token) >= 40
     with rows.engine.connect() as connection:
-        stored = connection.exec_driver_sql(
-            f"SELECT name, token_sha256 FROM devices WHERE id = '{device_id}'"
-        ).one()
+        stored = connection.exec_driver_sql(f"SELECT name, token_sha256 FROM devices WHERE id = '{device_id}'").one()
     assert stored[0] == "pixel-8-lab"
     assert token not in stored[1] and len(stored[1]) == 64
 
@@ -42,9 +40,7 @@ def test_register_validates_its_body(api) -> None:
 
 
 def test_post_then_read_back(lab_server, device, rows) -> None:
-    report = example_report(
-        device.device_id, predicted_peak_bytes=100 * 2**20, measured_delta_bytes=110 * 2**20
-    )
+    report = example_report(device.device_id, predicted_peak_bytes=100 * 2**20, measured_delta_bytes=110 * 2**20)
     ack = post_report(lab_server.url, device.token, report)
     assert ack["created"] is True and ack["report_id"] == report["run"]["report_id"]
     detail = get_json(lab_server.url, f"/api/v1/reports/{ack['id']}")
@@ -71,9 +67,7 @@ def test_filters_and_cursor_pagination(lab_server, device) -> None:
     other = register_device(lab_server.url, "other")
     for i in range(5):
         backend = "onnxruntime" if i % 2 else "executorch"
-        post_report(
-            lab_server.url, device.token, example_report(device.device_id, backend=backend, plan=PLANS[i % 3])
-        )
+        post_report(lab_server.url, device.token, example_report(device.device_id, backend=backend, plan=PLANS[i % 3]))
     post_report(lab_server.url, other[1], example_report(other[0], status="crash"))
 
     mine = {"device": device.device_id}

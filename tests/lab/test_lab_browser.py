@@ -83,9 +83,7 @@ def test_dashboard_shows_runs_charts_and_failures(new_server, browser) -> None:
     post_report(lab_server.url, devices[1][1], example_report(devices[1][0], status="crash", plan=PLANS[0]))
 
     browser.get(lab_server.url + "/")
-    WebDriverWait(browser, 20).until(
-        lambda b: b.execute_script("return document.body.dataset.loaded") == "true"
-    )
+    WebDriverWait(browser, 20).until(lambda b: b.execute_script("return document.body.dataset.loaded") == "true")
 
     assert browser.title == "memwall device lab"
     assert not browser.find_element(By.ID, "load-error").is_displayed()

@@ -66,10 +66,7 @@ def test_register_prints_token_for_people(lab_server) -> None:
 
 def test_clear_errors_and_exit_codes(tmp_path: Path) -> None:
     unreachable = lab("register", "--server", "http://127.0.0.1:9", "--name", "x")
-    assert (
-        unreachable.returncode == 1
-        and "error: POST http://127.0.0.1:9/api/v1/devices failed" in unreachable.stderr
-    )
+    assert unreachable.returncode == 1 and "error: POST http://127.0.0.1:9/api/v1/devices failed" in unreachable.stderr
     no_output = lab("report", "--server", "http://127.0.0.1:9")
     assert no_output.returncode == 2 and "--png" in no_output.stderr
     missing_db = lab("report", "--db", f"sqlite:///{tmp_path / 'none.db'}", "--csv", str(tmp_path / "x.csv"))
