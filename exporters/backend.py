@@ -22,6 +22,9 @@ class BackendArtifacts:
     methods: dict[str, dict[str, Any]]  # "train"/"predict" -> {name, inputs, outputs}
     predict_arena_bytes: int = 0  # the predict method's workspace, resident while the app evaluates
     runtime_overhead_bytes: int = 0  # the runtime's own allocations for this program, calibrated by measurement
+    # State tensors the runtime keeps per trainable parameter when it differs from the optimizer's own count
+    # (ONNX Runtime allocates one even for plain SGD).
+    optimizer_state_tensors: int | None = None
     backend_options: dict[str, Any] = field(default_factory=dict)
 
 

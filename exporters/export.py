@@ -57,7 +57,10 @@ def estimate_memory(
     params = dict(model.named_parameters())
     trainable = [params[name.removeprefix(MODEL_PREFIX)] for name in artifacts.trainable_names]
     trainable_bytes = _tensor_bytes(trainable)
-    optimizer_bytes = trainable_bytes * optimizer.state_tensors_per_parameter
+    state_tensors = artifacts.optimizer_state_tensors
+    if state_tensors is None:
+        state_tensors = optimizer.state_tensors_per_parameter
+    optimizer_bytes = trainable_bytes * state_tensors
     accumulation_bytes = trainable_bytes if micro_batches > 1 else 0
     peak = (
         artifacts.planned_arena_bytes

@@ -71,9 +71,7 @@ def dataset_for(bundle: Bundle, name: str, split: str) -> DigitsSplit:
 def evaluate(session: TrainingSession, data: DigitsSplit) -> float:
     """Top-1 accuracy of the predict method over every sample of ``data``."""
     correct = 0
-    for inputs, labels, real in eval_batches(
-        data, session.manifest.batch_size // session.manifest.training["micro_batches"]
-    ):
+    for inputs, labels, real in eval_batches(data, session.manifest.batch_size):
         predicted = session.predict(inputs).argmax(dim=-1)
         correct += int((predicted[:real] == labels[:real]).sum())
     return correct / len(data)

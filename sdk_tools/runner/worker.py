@@ -8,6 +8,7 @@ bundle and trains: the peak it reports is what training itself costs, not the pa
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,15 +17,16 @@ from sdk_tools.memory import proc_status_bytes, reset_peak
 from sdk_tools.runner.train import TrainConfig, dataset_for, open_session, train
 
 
-def runtime_threads(backend: str) -> int:
-    """Threads the runtime computes with (imports the runtime, so it is part of the idle baseline)."""
+def load_runtime(backend: str) -> int:
+    """Import the runtime (so its libraries are part of the idle baseline); return its thread count."""
     if backend == "executorch":
         from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count
 
         return max(1, _threadpool_get_thread_count())
-    import torch
+    import onnxruntime.training.api  # noqa: F401  (~60 MB of libraries that are not training's cost)
 
-    return torch.get_num_threads()
+    # ORT's intra-op pool defaults to one thread per physical core.
+    return max(1, (os.cpu_count() or 2) // 2) if os.cpu_count() else 1
 
 
 def main(request_path: str, result_path: str) -> int:
@@ -34,7 +36,7 @@ def main(request_path: str, result_path: str) -> int:
     # Load the data before the baseline: it belongs to the app, not to training.
     for split in filter(None, (config.split, config.eval_split)):
         dataset_for(bundle, config.data, split)
-    threads = runtime_threads(bundle.manifest.backend)
+    threads = load_runtime(bundle.manifest.backend)
     baseline = proc_status_bytes("VmRSS")
     reset_peak()
     session = open_session(bundle)

@@ -1,0 +1,336 @@
+"""ONNX Runtime backend: artifacts for ``onnxruntime.training.api`` and the 1.19.2 mobile training packages.
+
+Pipeline: ``torch.onnx.export`` (TorchScript exporter, opset 17, the loss inside the graph so built-in and
+custom losses export alike, symbolic batch dimension) -> ``onnxruntime.training.artifacts.generate_artifacts``
+(training model with the gradient graph, eval model, optimizer model, checkpoint) -> graph edits -> atomic
+writes into the bundle.
+
+Graph edits, each for a measured reason:
+- The loss-gradient seed becomes the train-step input ``loss_scale`` instead of a constant 1: ORT adds the
+  gradients of every call until ``lazy_reset_grad``, so over k micro-batches the app feeds 1/k and the
+  accumulated gradient is the full-batch mean (AdamW is not scale-invariant: the learning rate cannot
+  absorb the factor).
+- The eval model is pruned to ``input -> logits``: it is the predict method and the source of the
+  on-device inference export, neither of which should need labels.
+- AdamW runs with ``adam_mode=0`` (PyTorch's AdamW); onnxblock writes 1 (Hugging Face's variant).
+
+Files are ``.onnx``, not ``.ort``: the 1.19.2 mobile training packages are full builds that load .onnx,
+and ``export_model_for_inferencing`` fails on an .ort eval model (measured: "Protobuf parsing failed").
+See docs/onnxruntime.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from onnx import helper, shape_inference
+from torch import nn
+from torch.onnx import symbolic_helper
+
+from exporters.backend import BackendArtifacts
+from exporters.bundle import atomic_write_bytes
+from exporters.config import OptimizerConfig
+from exporters.losses import LossFn, LossSpec
+from exporters.training_graph import MODEL_PREFIX, TrainStep, trainable_parameters
+
+OPSET = 17
+BATCH_DIM = "batch"
+TRAINING_MODEL = "training_model.onnx"
+EVAL_MODEL = "eval_model.onnx"
+OPTIMIZER_MODEL = "optimizer_model.onnx"
+CHECKPOINT = "checkpoint"
+LOSS_GRAD = "loss_grad"  # the seed as ORT names it: after the loss output
+# Not "*_grad": the runtime takes inputs named so for gradient buffers.
+LOSS_SCALE = "loss_scale"
+TRAIN_INPUTS = ["input", "label", LOSS_SCALE]
+
+# For phones (docs/onnxruntime.md, measured in child processes): the arena grows by doubling, so MobileNetV2
+# x1.0 96x96 batch 8 peaks at 242 MiB with it and 141 MiB without; without it, large blocks go back to the
+# system on free, as phone allocators do (glibc only with a fixed mmap threshold).
+CPU_MEM_ARENA = False
+# Measured load + step cost of the MLP bundle beyond its parameters and files (the session's own
+# allocations); larger models cost more than this: calibrating it per model is the memory engine's job.
+RUNTIME_OVERHEAD_BYTES = 8 * 2**20
+
+# Optional outputs that ORT's gradient builders read and torch.onnx does not emit.
+_OUTPUTS_NEEDED_FOR_GRADIENT = {
+    "SoftmaxCrossEntropyLoss": ("log_prob",),
+    "LayerNormalization": ("mean", "inv_std"),
+}
+
+
+class OnnxTrainStep(TrainStep):
+    """``TrainStep`` whose loss sees its own copy of the logits.
+
+    Without the copy the TorchScript tracer records a broadcasting loss's ``expand`` (``mse_loss``) as the
+    logits output, and predictions would depend on the labels input.
+    """
+
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(inputs)
+        return self.loss_fn(logits.clone(), labels), logits
+
+
+def _stable_bce_with_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    # torch.onnx (and ORT's BCEWithLogitsLoss block) compute log(sigmoid(x)): -inf for |x| > ~17 in
+    # float32. x/2 + |x|/2 is relu(x), written so ORT's gradient is sigmoid(x) - y at x == 0 as well.
+    abs_logits = logits.abs()
+    return (logits * (0.5 - labels) + 0.5 * abs_logits + torch.log(1 + torch.exp(-abs_logits))).mean()
+
+
+# Exported forms of built-in losses whose exporter symbolic is numerically worse than eager.
+ONNX_LOSS_FORMS: dict[str, LossFn] = {"bce_with_logits": _stable_bce_with_logits}
+
+
+@symbolic_helper.parse_args("v", "f", "f")
+def _hardtanh_symbolic(g: Any, x: Any, min_val: float, max_val: float) -> Any:
+    # ReLU6 is hardtanh(0, 6). ORT differentiates Clip where x >= min, PyTorch's hardtanh where x > min,
+    # and ReLU6 inputs are exactly 0 wherever a zero activation meets a zero shift (MobileNetV2: gradients
+    # off by up to 90%). ORT's Relu gradient is strict, as PyTorch's.
+    if min_val == 0:
+        x = g.op("Relu", x)
+    bounds = [g.op("Constant", value_t=torch.tensor(v, dtype=torch.float32)) for v in (min_val, max_val)]
+    return g.op("Clip", x, *bounds)
+
+
+def export_forward_graph(
+    model: nn.Module, loss: LossSpec, inputs: torch.Tensor, labels: torch.Tensor
+) -> onnx.ModelProto:
+    """The forward graph ``(input, label) -> (loss, logits)`` with a symbolic batch dimension."""
+    step = OnnxTrainStep(model, ONNX_LOSS_FORMS.get(loss.name, loss.fn))
+    buffer = io.BytesIO()
+    batch = {0: BATCH_DIM}
+    torch.onnx.register_custom_op_symbolic("aten::hardtanh", _hardtanh_symbolic, OPSET)
+    try:
+        # PRESERVE exports the prepared model as it is (eval: no dropout, the graph ExecuTorch trains);
+        # TRAINING would switch dropout on and leave the model in train mode. Constant folding would
+        # turn parameters into constants.
+        torch.onnx.export(
+            step,
+            (inputs, labels),
+            buffer,
+            dynamo=False,
+            opset_version=OPSET,
+            training=torch.onnx.TrainingMode.PRESERVE,
+            do_constant_folding=False,
+            input_names=["input", "label"],
+            output_names=["loss", "logits"],
+            dynamic_axes={"input": batch, "label": batch, "logits": batch},
+        )
+    except torch.onnx.errors.OnnxExporterError as exc:
+        raise ValueError(f"torch.onnx cannot export the model and loss for ONNX Runtime: {exc}") from exc
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("aten::hardtanh", OPSET)
+    graph = onnx.load_from_string(buffer.getvalue())
+    for node in graph.graph.node:
+        for suffix in _OUTPUTS_NEEDED_FOR_GRADIENT.get(node.op_type, ())[len(node.output) - 1 :]:
+            node.output.append(f"{node.name or node.output[0]}_{suffix}")
+    return graph
+
+
+def runs_in_onnxruntime(optimizer: OptimizerConfig) -> bool:
+    """Whether ORT's optimizer model computes exactly ``torch.optim``'s update for this config.
+
+    ORT 1.19 has SGDOptimizerV2 (``p -= lr * g``: no momentum, no weight decay) and AdamWOptimizer (mode 0
+    is PyTorch's AdamW). Anything else is applied by the app from the accumulated gradients.
+    """
+    return optimizer.kind == "adamw" or (optimizer.momentum == 0 and optimizer.weight_decay == 0)
+
+
+@contextlib.contextmanager
+def _native_stderr_to(path: Path) -> Iterator[None]:
+    # ORT's gradient builder logs every graph transformer at INFO on fd 2, whatever the logger severity.
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with path.open("wb") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _no_gradient_error(exc: RuntimeError) -> ValueError | None:
+    match = re.search(r"gradient builder has not been registered: (\S+) for node (\S+)", str(exc))
+    if match is None:
+        return None
+    op, node = match.groups()
+    return ValueError(
+        f"ONNX Runtime has no gradient for op {op} (node {node}), which lies between the loss and a "
+        f"trainable parameter. Freeze the parameters before it (requires_grad=False) so no gradient flows "
+        f"through {op}, replace it with ops ONNX Runtime can differentiate, or use the executorch backend."
+    )
+
+
+def _generate_artifacts(
+    graph: onnx.ModelProto, trainable: list[str], frozen: list[str], optimizer: OptimizerConfig, work: Path
+) -> None:
+    from onnxruntime.training import artifacts, onnxblock
+
+    optim: Any = None
+    if optimizer.kind == "adamw":
+        optim = onnxblock.optim.AdamW(betas=optimizer.betas, eps=optimizer.eps, weight_decay=optimizer.weight_decay)
+    elif runs_in_onnxruntime(optimizer):
+        optim = artifacts.OptimType.SGD
+    try:
+        with _native_stderr_to(work / "ort.log"):
+            artifacts.generate_artifacts(
+                graph,
+                requires_grad=trainable,
+                frozen_params=frozen,
+                loss=None,  # the loss is the graph's first output
+                optimizer=optim,
+                artifact_directory=work,
+            )
+    except RuntimeError as exc:
+        raise _no_gradient_error(exc) or ValueError(f"ONNX Runtime cannot build the training graph: {exc}") from exc
+
+
+def _feed_loss_scale(training: onnx.ModelProto) -> None:
+    graph = training.graph
+    seed = next((init for init in graph.initializer if init.name == LOSS_GRAD), None)
+    if seed is None:
+        raise RuntimeError(f"the training graph has no {LOSS_GRAD!r}: unsupported onnxruntime version")
+    graph.initializer.remove(seed)
+    for node in graph.node:
+        node.input[:] = [LOSS_SCALE if name == LOSS_GRAD else name for name in node.input]
+    # Right after the labels: the runtime takes positional train-step inputs in graph order.
+    position = next(i for i, value in enumerate(graph.input) if value.name == "label") + 1
+    graph.input.insert(position, helper.make_tensor_value_info(LOSS_SCALE, seed.data_type, list(seed.dims)))
+
+
+def _prune_to_logits(eval_model: onnx.ModelProto) -> None:
+    graph = eval_model.graph
+    needed = {"logits"}
+    kept = []
+    for node in reversed(graph.node):
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(node.input)
+    if "label" in needed:
+        raise ValueError("the model's logits depend on the labels input; predictions must not need labels")
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    for field in (graph.input, graph.initializer, graph.output):
+        for item in [item for item in field if item.name not in needed]:
+            field.remove(item)
+
+
+def _use_pytorch_adamw(optimizer_model: onnx.ModelProto) -> None:
+    for node in optimizer_model.graph.node:
+        for attribute in node.attribute:
+            if node.op_type == "AdamWOptimizer" and attribute.name == "adam_mode":
+                attribute.i = 0
+
+
+def planned_workspace_bytes(training: onnx.ModelProto, batch: int) -> int:
+    """Peak bytes of live intermediate tensors over one training step, in graph order.
+
+    ORT plans its memory at session start and does not expose the plan; this is the liveness sum over the
+    graph it runs (parameters, gradient buffers and optimizer state are other terms of the estimate).
+    Shapes come from ONNX shape inference at the exported batch size; ORT's gradient ops are opaque to it,
+    and a gradient ``X_grad`` (or a partial ``X_grad_0``) has the shape of ``X``.
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(training)
+    for value in model.graph.input:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param == BATCH_DIM:
+                dim.dim_value = batch
+    inferred = shape_inference.infer_shapes(model, strict_mode=False)
+    sizes: dict[str, int] = {}
+    for value in [*inferred.graph.value_info, *inferred.graph.output]:
+        tensor = value.type.tensor_type
+        if tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim):
+            numel = 1
+            for d in tensor.shape.dim:
+                numel *= d.dim_value
+            sizes[value.name] = numel * helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+    nodes = list(model.graph.node)
+    last_use = {output.name: len(nodes) for output in model.graph.output}
+    for index, node in enumerate(nodes):
+        for name in node.input:
+            last_use[name] = max(last_use.get(name, index), index)
+    live = peak = 0
+    freed_after: dict[int, int] = {}
+    for index, node in enumerate(nodes):
+        for name in node.output:
+            nbytes = sizes.get(name, sizes.get(re.sub(r"_grad(_\d+)?$", "", name), 0))
+            live += nbytes
+            end = last_use.get(name, index)
+            freed_after[end] = freed_after.get(end, 0) + nbytes
+        peak = max(peak, live)
+        live -= freed_after.pop(index, 0)
+    return peak
+
+
+def export_onnxruntime(
+    model: nn.Module,
+    loss: LossSpec,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: OptimizerConfig,
+    out_dir: Path,
+) -> BackendArtifacts:
+    """Write the training and eval models, the checkpoint, and the optimizer model if ORT runs it."""
+    trainable = [MODEL_PREFIX + name for name in trainable_parameters(model)]
+    if not trainable:
+        raise ValueError("no parameter requires grad: nothing to train; unfreeze at least one parameter")
+    graph = export_forward_graph(model, loss, inputs, labels)
+    initializers = [init.name for init in graph.graph.initializer]
+    renamed = sorted(set(trainable) - set(initializers))
+    if renamed:
+        raise ValueError(f"torch.onnx renamed or dropped parameters {renamed[:3]} (tied weights?)")
+    state_names = {MODEL_PREFIX + name for name, _ in [*model.named_parameters(), *model.named_buffers()]}
+    frozen = [name for name in initializers if name in state_names and name not in trainable]
+    in_runtime = runs_in_onnxruntime(optimizer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".onnxruntime-") as tmp:
+        work = Path(tmp)
+        _generate_artifacts(graph, trainable, frozen, optimizer, work)
+        training = onnx.load(work / TRAINING_MODEL)
+        _feed_loss_scale(training)
+        eval_model = onnx.load(work / EVAL_MODEL)
+        _prune_to_logits(eval_model)
+        models = {"training_model": (TRAINING_MODEL, training), "eval_model": (EVAL_MODEL, eval_model)}
+        if in_runtime:
+            optimizer_model = onnx.load(work / OPTIMIZER_MODEL)
+            _use_pytorch_adamw(optimizer_model)
+            models["optimizer_model"] = (OPTIMIZER_MODEL, optimizer_model)
+        for filename, proto in models.values():
+            atomic_write_bytes(out_dir / filename, proto.SerializeToString())
+        atomic_write_bytes(out_dir / CHECKPOINT, (work / CHECKPOINT).read_bytes())
+    methods: dict[str, dict[str, Any]] = {
+        "train": {"name": "train_step", "inputs": TRAIN_INPUTS, "outputs": ["loss", "logits"]},
+        "predict": {"name": "eval_step", "inputs": ["input"], "outputs": ["logits"]},
+    }
+    if in_runtime:
+        methods["optimizer"] = {"name": "optimizer_step", "inputs": [], "outputs": []}
+    return BackendArtifacts(
+        files={role: filename for role, (filename, _) in models.items()} | {"checkpoint": CHECKPOINT},
+        planned_arena_bytes=planned_workspace_bytes(training, inputs.shape[0]),
+        # The runtime's parameter order is the training graph's input order.
+        trainable_names=[value.name for value in training.graph.input if value.name in trainable],
+        methods=methods,
+        runtime_overhead_bytes=RUNTIME_OVERHEAD_BYTES,
+        optimizer_state_tensors=max(1, optimizer.state_tensors_per_parameter),
+        backend_options={
+            "opset": OPSET,
+            "model_format": "onnx",
+            "batch_dim": BATCH_DIM,
+            "cpu_mem_arena": CPU_MEM_ARENA,
+            "optimizer_runs_in": "onnxruntime" if in_runtime else "app",
+            LOSS_SCALE: "float32 scalar input of every train_step: 1 / micro-batches per optimizer step",
+        },
+    )

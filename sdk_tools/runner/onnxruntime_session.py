@@ -1,0 +1,165 @@
+"""ONNX Runtime training session: a bundle's ORT artifacts, stepped through ``onnxruntime.training.api``.
+
+The calls are the ones the mobile packages make: ``lazy_reset_grad``, ``train_step`` per micro-batch (ORT
+adds up the gradients), ``optimizer_step``, and ``eval_step`` for predictions. Where ORT's optimizer cannot
+do what the manifest asks (SGD with momentum or weight decay), ``sdk_tools.runner.optim`` applies the
+update to the runtime's own buffers: ``Parameter.data`` and ``.grad`` are numpy views of ORT's memory, so
+the update is in place, as in the ExecuTorch runner.
+
+Checkpoints: ORT keeps its optimizer state (AdamW moments, step count) where only its own checkpoint format
+reaches it, so when ORT runs the optimizer, ``state_tensors`` carries that checkpoint's bytes as a uint8
+tensor: the shared safetensors checkpoint stays one atomically written file.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exporters.bundle import Bundle, BundleError, atomic_write_bytes
+from exporters.config import OptimizerConfig
+from sdk_tools.runner.optim import Optimizer
+from sdk_tools.runner.session import InputError, TrainingSession
+
+ORT_CHECKPOINT_KEY = "optimizer/onnxruntime_checkpoint"
+OPTIMIZER_PREFIX = "optimizer/"
+
+
+class OnnxRuntimeSession(TrainingSession):
+    def __init__(self, bundle: Bundle, cpu_mem_arena: bool | None = None) -> None:
+        super().__init__(bundle)
+        options = self.manifest.backend_options
+        self.cpu_mem_arena: bool = options["cpu_mem_arena"] if cpu_mem_arena is None else cpu_mem_arena
+        self.config = OptimizerConfig.from_json(self.manifest.optimizer)
+        self._runtime_optimizer = options["optimizer_runs_in"] == "onnxruntime"
+        self._names = [p.name for p in self.manifest.trainable]
+        labels = self.manifest.labels
+        self._class_labels = len(labels.shape) == 1 and not labels.dtype.startswith("float")
+        self.steps = 0
+        self._open(bundle.path("checkpoint"))
+
+    def _open(self, checkpoint: Path) -> None:
+        from onnxruntime import SessionOptions
+        from onnxruntime.training.api import CheckpointState, Module
+        from onnxruntime.training.api import Optimizer as OrtOptimizer
+
+        options = SessionOptions()
+        options.enable_cpu_mem_arena = self.cpu_mem_arena
+        # ORT warns on every load that its own SGD optimizer model declares a [1]-shaped flag as scalar.
+        options.log_severity_level = 3
+        try:
+            self.state = CheckpointState.load_checkpoint(str(checkpoint))
+            self.module = Module(
+                str(self.bundle.path("training_model")),
+                self.state,
+                str(self.bundle.path("eval_model")),
+                session_options=options,
+            )
+            self._ort_optimizer = (
+                OrtOptimizer(str(self.bundle.path("optimizer_model")), self.module) if self._runtime_optimizer else None
+            )
+        except RuntimeError as exc:
+            raise BundleError(
+                f"ONNX Runtime cannot load bundle {self.bundle.directory}: {exc}; re-export the bundle"
+            ) from exc
+        inputs = self.module.input_names()
+        if inputs != self.manifest.methods["train"]["inputs"]:
+            raise BundleError(f"the training model takes {inputs}, not what the manifest lists; re-export")
+        if self._ort_optimizer is not None:
+            # The learning rate is session state in ORT (default 1e-3), not part of the optimizer model.
+            self._ort_optimizer.set_learning_rate(self.config.lr)
+        self._params = {name: torch.from_numpy(self.state.parameters[name].data) for name in self._names}
+        self._grads = {name: torch.from_numpy(self.state.parameters[name].grad) for name in self._names}
+        self._app_optimizer = None if self._runtime_optimizer else Optimizer(self.config, self._params)
+
+    def check_batch(self, inputs: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        super().check_batch(inputs, labels)
+        # ORT's SoftmaxCrossEntropyLoss returns a number for any index; PyTorch raises.
+        if labels is not None and self._class_labels:
+            classes = len(self.manifest.classes)
+            if int(labels.min()) < 0 or int(labels.max()) >= classes:
+                raise InputError(f"labels must be class indices in [0, {classes}), got {labels.tolist()}")
+
+    def train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, torch.Tensor]:
+        if not micro_batches:
+            raise InputError("train_step needs at least one micro-batch")
+        for inputs, labels in micro_batches:
+            self.check_batch(inputs, labels)
+        # Each call's loss is a micro-batch mean and ORT adds the gradients of all calls: seeding backward
+        # with 1/count makes the accumulated gradient the mean over the whole batch.
+        loss_scale = np.array(1.0 / len(micro_batches), dtype=np.float32)
+        self.module.train()
+        self.module.lazy_reset_grad()
+        total_loss = 0.0
+        logits: list[torch.Tensor] = []
+        for inputs, labels in micro_batches:
+            loss, batch_logits = self.module(inputs.numpy(), labels.numpy(), loss_scale)
+            total_loss += float(loss)
+            logits.append(torch.from_numpy(batch_logits))
+        if self._ort_optimizer is not None:
+            self._ort_optimizer.step()
+        else:
+            assert self._app_optimizer is not None
+            self._app_optimizer.step(self._grads)
+        self.steps += 1
+        return total_loss / len(micro_batches), torch.cat(logits)
+
+    def predict(self, inputs: torch.Tensor) -> torch.Tensor:
+        self.check_batch(inputs)
+        self.module.eval()
+        return torch.from_numpy(self.module(inputs.numpy()))
+
+    def trained_parameters(self) -> dict[str, torch.Tensor]:
+        # Not through state_tensors: that serializes ORT's whole checkpoint.
+        return {name: param.clone() for name, param in self._params.items()}
+
+    def state_tensors(self) -> tuple[int, dict[str, torch.Tensor]]:
+        tensors = dict(self._params)
+        if self._app_optimizer is not None:
+            tensors |= {OPTIMIZER_PREFIX + k: v for k, v in self._app_optimizer.state.items()}
+        else:
+            tensors[ORT_CHECKPOINT_KEY] = torch.frombuffer(bytearray(self._ort_checkpoint()), dtype=torch.uint8)
+        return self.steps, tensors
+
+    def _ort_checkpoint(self) -> bytes:
+        from onnxruntime.training.api import CheckpointState
+
+        with tempfile.TemporaryDirectory(prefix="memwall-ort-") as tmp:
+            path = Path(tmp, "checkpoint")
+            CheckpointState.save_checkpoint(self.state, str(path), include_optimizer_state=True)
+            return path.read_bytes()
+
+    def load_state_tensors(self, steps: int, tensors: dict[str, torch.Tensor]) -> None:
+        missing = [name for name in self._names if name not in tensors]
+        if missing:
+            raise ValueError(f"checkpoint lacks parameters {missing[:3]}: it belongs to another bundle")
+        if self._app_optimizer is not None:
+            with torch.no_grad():
+                for name, param in self._params.items():
+                    param.copy_(tensors[name])
+            prefix = OPTIMIZER_PREFIX
+            self._app_optimizer.load_state(
+                steps, {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+            )
+        else:
+            if ORT_CHECKPOINT_KEY not in tensors:
+                raise ValueError(f"checkpoint lacks {ORT_CHECKPOINT_KEY}: it was saved by another runner")
+            # ORT restores its optimizer state only when a session is created from the checkpoint.
+            with tempfile.TemporaryDirectory(prefix="memwall-ort-") as tmp:
+                path = Path(tmp, "checkpoint")
+                path.write_bytes(tensors[ORT_CHECKPOINT_KEY].numpy().tobytes())
+                self._open(path)
+        self.steps = steps
+
+
+def export_inference_model(session: OnnxRuntimeSession, path: str | Path) -> Path:
+    """Write an ONNX inference model (``input -> logits``) with the session's current weights, atomically."""
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="memwall-ort-") as tmp:
+        exported = Path(tmp, path.name)
+        session.module.export_model_for_inferencing(str(exported), ["logits"])
+        atomic_write_bytes(path, exported.read_bytes())
+    return path
