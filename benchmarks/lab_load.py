@@ -68,9 +68,7 @@ def _start_server(db_url: str, log: Path) -> tuple[subprocess.Popen[bytes], str]
     port = _free_port()
     command = [sys.executable, "-m", "sdk_tools.lab", "serve", "--port", str(port), "--db", db_url]
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "--log-level", "warning"], cwd=REPO_ROOT, stdout=out, stderr=out
-        )
+        process = subprocess.Popen([*command, "--log-level", "warning"], cwd=REPO_ROOT, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -85,9 +83,7 @@ def _start_server(db_url: str, log: Path) -> tuple[subprocess.Popen[bytes], str]
     raise SystemExit("lab server did not start in 60 s")
 
 
-def _run_client(
-    url: str, token: str, device_id: str, count: int, config: LoadConfig, deadline: float
-) -> ClientResult:
+def _run_client(url: str, token: str, device_id: str, count: int, config: LoadConfig, deadline: float) -> ClientResult:
     result = ClientResult()
     rng = random.Random(device_id)
     for index in range(count):
@@ -135,9 +131,7 @@ def _machine() -> str:
                 break
     except OSError:
         pass
-    return (
-        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
-    )
+    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
 
 
 def run(config: LoadConfig) -> dict[str, float | int | str]:
@@ -147,8 +141,7 @@ def run(config: LoadConfig) -> dict[str, float | int | str]:
         try:
             devices = [register_device(url, f"bench-{i:02d}") for i in range(config.clients)]
             share = [
-                config.reports // config.clients + (i < config.reports % config.clients)
-                for i in range(config.clients)
+                config.reports // config.clients + (i < config.reports % config.clients) for i in range(config.clients)
             ]
             deadline = time.monotonic() + config.time_limit_s
             started = time.perf_counter()
@@ -159,9 +152,7 @@ def run(config: LoadConfig) -> dict[str, float | int | str]:
                 ]
                 results = [f.result() for f in futures]
             elapsed = time.perf_counter() - started
-            api_total = sum(
-                get_json(url, "/api/v1/reports", {"device": d, "limit": 1})["total"] for d, _ in devices
-            )
+            api_total = sum(get_json(url, "/api/v1/reports", {"device": d, "limit": 1})["total"] for d, _ in devices)
         finally:
             server.terminate()
             server.wait(timeout=30)
