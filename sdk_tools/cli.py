@@ -162,25 +162,33 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from exporters.training_graph import strip_prefix
     from sdk_tools.runner.checkpoint import default_checkpoint_path, load_checkpoint
 
+    if not (args.out or args.onnx):
+        raise ValueError("say what to write: --out state.pt (PyTorch) and/or --onnx model.onnx (ONNX Runtime bundles)")
     bundle = load_bundle(args.bundle)
     ckpt = load_checkpoint(Path(args.checkpoint) if args.checkpoint else default_checkpoint_path(bundle), bundle)
-    trained = {strip_prefix(p.name): ckpt.tensors[p.name] for p in bundle.manifest.trainable}
-    state = trained
-    if args.base:
-        state = {**torch.load(args.base, map_location="cpu", weights_only=True), **trained}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, args.out)
-    summary = {
-        "out": args.out,
-        "trained_tensors": len(trained),
-        "total_tensors": len(state),
-        "steps": ckpt.steps,
-    }
+    summary: dict[str, Any] = {"steps": ckpt.steps}
+    if args.out:
+        trained = {strip_prefix(p.name): ckpt.tensors[p.name] for p in bundle.manifest.trainable}
+        state = {**torch.load(args.base, map_location="cpu", weights_only=True), **trained} if args.base else trained
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, args.out)
+        summary.update(out=args.out, trained_tensors=len(trained), total_tensors=len(state))
+    if args.onnx:
+        if bundle.manifest.backend != "onnxruntime":
+            raise ValueError("--onnx needs an onnxruntime bundle; for ExecuTorch use --out and export from PyTorch")
+        from sdk_tools.runner.onnxruntime_session import OnnxRuntimeSession, export_inference_model
+
+        session = OnnxRuntimeSession(bundle)
+        session.load_state_tensors(ckpt.steps, ckpt.tensors)
+        summary["onnx"] = str(export_inference_model(session, args.onnx))
     if args.json:
         _print_json(summary)
     else:
-        print(f"wrote {args.out}: {len(trained)} trained tensors after {ckpt.steps} steps ({len(state)} in total);")
-        print("load with model.load_state_dict(torch.load(path), strict=False)")
+        if args.out:
+            print(f"wrote {args.out}: {summary['trained_tensors']} trained tensors after {ckpt.steps} steps;")
+            print("load with model.load_state_dict(torch.load(path), strict=False)")
+        if args.onnx:
+            print(f"wrote {args.onnx}: an inference model (input -> logits) with the trained weights")
     return 0
 
 
@@ -287,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pull", help="write the trained weights as a PyTorch state dict")
     p.add_argument("bundle")
-    p.add_argument("--out", required=True, help="state dict file to write (.pt)")
+    p.add_argument("--out", help="state dict file to write (.pt)")
     p.add_argument("--base", help="full state dict to overlay the trained tensors on")
+    p.add_argument("--onnx", help="ONNX Runtime bundles: write an inference model with the trained weights")
     p.add_argument("--checkpoint")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_pull)

@@ -7,10 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import onnxruntime
 import pytest
 import torch
 
+from exporters import load_bundle
+from sdk_tools.data import load_digits_split
 from sdk_tools.models import build_model
+from sdk_tools.runner import open_session
+from sdk_tools.runner.checkpoint import default_checkpoint_path, load_checkpoint
 
 
 def memwall(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
@@ -69,3 +75,22 @@ def test_errors_are_clear_and_exit_nonzero(exported: Path, tmp_path: Path) -> No
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     proc = memwall("export", "--model", "mlp", "--input-shape", "a,b", "--out", str(tmp_path / "x"), ok=False)
     assert proc.returncode == 2 and "comma-separated integers" in proc.stderr
+
+
+def test_onnxruntime_bundle_trains_and_exports_an_inference_model(tmp_path: Path) -> None:
+    bundle_dir = tmp_path / "ort"
+    memwall("export", "--model", "mlp", "--input-shape", "1,8,8", "--batch", "16", "--backend", "onnxruntime",
+            "--optimizer", "adamw", "--lr", "0.003", "--out", str(bundle_dir))  # fmt: skip
+    result = json.loads(memwall("train", str(bundle_dir), "--steps", "30", "--json").stdout)
+    assert result["accuracy_after"] > result["accuracy_before"] + 0.15
+    onnx_path = tmp_path / "inference.onnx"
+    summary = json.loads(memwall("pull", str(bundle_dir), "--onnx", str(onnx_path), "--json").stdout)
+    assert summary["steps"] == 30
+    images = load_digits_split("personal_test").images[:16].numpy()
+    inference = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (logits,) = inference.run(None, {inference.get_inputs()[0].name: images})
+    # The exported model predicts what the trained bundle predicts.
+    session = open_session(load_bundle(bundle_dir))
+    ckpt = load_checkpoint(default_checkpoint_path(session.bundle), session.bundle)
+    session.load_state_tensors(ckpt.steps, ckpt.tensors)
+    np.testing.assert_allclose(logits, session.predict(torch.from_numpy(images)).numpy(), rtol=1e-5, atol=1e-5)
