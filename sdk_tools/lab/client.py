@@ -173,7 +173,8 @@ def bundle_section(manifest_path: Path) -> dict[str, Any]:
         "backend": manifest["backend"],
         # The manifest's model is {spec, kwargs, ...}; the lab groups runs by the spec (or the bundle name).
         "model": model.get("spec") or manifest["name"],
-        "plan": {"techniques": manifest.get("techniques") or []},
+        # The manifest lists techniques as [{name, config}]; the lab's plan is {name: config}.
+        "plan": {t["name"]: t["config"] for t in manifest.get("techniques") or []},
         "predicted_peak_bytes": memory["predicted_peak_bytes"],
         "predicted": {k: v for k, v in memory.items() if isinstance(v, int) and not isinstance(v, bool)},
     }

@@ -102,8 +102,11 @@ def test_host_device_info_and_manifest_fill_a_valid_report(tmp_path: Path) -> No
         "schema_version": 1,
         "backend": "onnxruntime",
         "name": "tiny-mlp",
-        "model": "mlp",
-        "techniques": {"lora": {"rank": 4}, "activation_checkpointing": True},
+        "model": {"spec": "mlp", "kwargs": {}, "parameters": 500, "trainable_parameters": 50},
+        "techniques": [
+            {"name": "lora", "config": {"rank": 4}},
+            {"name": "activation_checkpointing", "config": {"segments": "blocks"}},
+        ],
         "memory": {
             "planned_arena_bytes": 1000,
             "parameter_bytes": 2000,
@@ -120,7 +123,8 @@ def test_host_device_info_and_manifest_fill_a_valid_report(tmp_path: Path) -> No
     report["bundle"] = bundle_section(path)
     validate_report(report)
     assert report["bundle"]["predicted"] == manifest["memory"]
-    assert plan_label(report["bundle"]["plan"]) == "activation_checkpointing+lora(rank=4)"
+    assert report["bundle"]["model"] == "mlp"
+    assert plan_label(report["bundle"]["plan"]) == "activation_checkpointing(segments=blocks)+lora(rank=4)"
 
 
 def test_derived_numbers() -> None:
