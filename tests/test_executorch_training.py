@@ -21,6 +21,22 @@ def eager_loss_and_grads(model: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
     return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def step_both(
+    session: ExecuTorchSession,
+    eager: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> tuple[float, float]:
+    """One training step in the runtime and the same step in eager PyTorch; returns both losses."""
+    loss, _ = session.train_step([(x, y)])
+    optimizer.zero_grad()
+    eager_loss = F.cross_entropy(eager(x), y)
+    eager_loss.backward()
+    optimizer.step()
+    return loss, float(eager_loss)
+
+
 def test_loss_and_every_gradient_equal_eager(et_case: ExportedCase) -> None:
     session = ExecuTorchSession(et_case.bundle)
     eager = et_case.fresh_eager()
@@ -40,13 +56,8 @@ def test_twenty_sgd_momentum_steps_track_eager(et_case: ExportedCase) -> None:
     cfg = OptimizerConfig.from_json(et_case.bundle.manifest.optimizer)
     optimizer = torch.optim.SGD(eager.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     for step in range(20):
-        x, y = et_case.batch(seed=100 + step)
-        loss, _ = session.train_step([(x, y)])
-        optimizer.zero_grad()
-        eager_loss = F.cross_entropy(eager(x), y)
-        eager_loss.backward()
-        optimizer.step()
-        assert loss == pytest.approx(float(eager_loss), rel=1e-3, abs=1e-5), f"step {step}"
+        loss, eager_loss = step_both(session, eager, optimizer, *et_case.batch(seed=100 + step))
+        assert loss == pytest.approx(eager_loss, rel=1e-3, abs=1e-5), f"step {step}"
     trained = session.trained_parameters()
     for name, p in eager.named_parameters():
         torch.testing.assert_close(trained[f"model.{name}"], p.detach(), rtol=1e-3, atol=1e-5, msg=name)
@@ -67,11 +78,7 @@ def test_adamw_five_steps_match_torch(tmp_path) -> None:
     eager = case.fresh_eager()
     optimizer = torch.optim.AdamW(eager.parameters(), lr=1e-3, weight_decay=0.01)
     for step in range(5):
-        x, y = case.batch(seed=step)
-        session.train_step([(x, y)])
-        optimizer.zero_grad()
-        F.cross_entropy(eager(x), y).backward()
-        optimizer.step()
+        step_both(session, eager, optimizer, *case.batch(seed=step))
     trained = session.trained_parameters()
     for name, p in eager.named_parameters():
         torch.testing.assert_close(trained[f"model.{name}"], p.detach(), rtol=1e-5, atol=2.5e-6, msg=name)
@@ -93,19 +100,16 @@ def test_frozen_parameters_get_no_gradient_and_stay_unchanged(tmp_path) -> None:
     assert set(grads) == {"model.classifier.weight", "model.classifier.bias"}
     eager = case.fresh_eager()
     optimizer = torch.optim.SGD([p for p in eager.parameters() if p.requires_grad], lr=0.1)
-    frozen_before = {n: p.detach().clone() for n, p in eager.named_parameters() if not p.requires_grad}
     for step in range(5):
-        x, y = case.batch(seed=step)
-        session.train_step([(x, y)])
-        optimizer.zero_grad()
-        F.cross_entropy(eager(x), y).backward()
-        optimizer.step()
-    for name, p in eager.named_parameters():
-        if name in frozen_before:
-            assert torch.equal(p, frozen_before[name]), name
-    # The runtime's predictions equal a model whose frozen part never moved.
-    x, _ = case.batch(seed=9)
+        step_both(session, eager, optimizer, *case.batch(seed=step))
+    assert set(session.trained_parameters()) == {"model.classifier.weight", "model.classifier.bias"}
+    # Both runtime methods behave like a model whose frozen part never moved and whose classifier did: predict
+    # (trained classifier passed in) and the training method (which holds the frozen weights itself).
+    x, y = case.batch(seed=9)
     torch.testing.assert_close(session.predict(x), eager(x).detach(), rtol=RTOL, atol=ATOL)
+    loss, logits, _ = session.forward_backward(x, y)
+    torch.testing.assert_close(logits, eager(x).detach(), rtol=RTOL, atol=ATOL)
+    assert loss == pytest.approx(float(F.cross_entropy(eager(x), y)), rel=1e-5)
 
 
 def test_micro_batch_accumulation_equals_full_batch(tmp_path) -> None:
