@@ -22,6 +22,7 @@ from exporters.backend import BackendArtifacts
 from exporters.bundle import atomic_write_bytes
 from exporters.config import OptimizerConfig
 from exporters.losses import LossSpec
+from exporters.techniques.recompute import RecomputeConfig, recompute_activations
 from exporters.training_graph import PredictStep, TrainStep, trainable_parameters
 
 PROGRAM_FILE = "model.pte"
@@ -68,6 +69,7 @@ def export_executorch(
     labels: torch.Tensor,
     optimizer: OptimizerConfig,
     out_dir: Path,
+    recompute: RecomputeConfig | None = None,
 ) -> BackendArtifacts:
     """Write the training program; the optimizer runs in the app (the runtime has SGD only)."""
     joint = export_joint_graph(model, loss, inputs, labels)
@@ -76,6 +78,8 @@ def export_executorch(
         {TRAIN_METHOD: joint, PREDICT_METHOD: predict},
         compile_config=EdgeCompileConfig(_check_ir_validity=False),
     )
+    if recompute is not None:
+        edge = recompute_activations(edge, recompute)  # only methods with gradients are edited
     planner = MemoryPlanningPass(
         memory_planning_algo=MemoryPlanningAlgorithmSuite([greedy]),
         alloc_graph_input=MEMORY_PLANNING["alloc_graph_input"],

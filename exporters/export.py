@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from exporters.bundle import (
 )
 from exporters.config import OptimizerConfig
 from exporters.losses import encode_labels, resolve_loss
+from exporters.techniques.recompute import RecomputeConfig
 from exporters.training_graph import MODEL_PREFIX, prepare_for_training_export
 
 DTYPE_NAMES = {torch.float32: "float32", torch.int64: "int64", torch.float16: "float16", torch.int32: "int32"}
@@ -101,6 +103,7 @@ def export_bundle(
     model_spec: ModelSpec | None = None,
     techniques: Sequence[dict[str, Any]] = (),
     micro_batches: int = 1,
+    recompute: RecomputeConfig | None = None,
     overwrite: bool = False,
 ) -> Bundle:
     """Export ``model`` for on-device training; parameters with ``requires_grad=False`` stay frozen.
@@ -127,7 +130,12 @@ def export_bundle(
         raise ValueError(f"{len(classes)} class names given, the model outputs {num_classes} logits")
     labels = encode_labels(loss_spec, torch.arange(step_batch) % num_classes, num_classes)
     _log(f"exporting {type(model).__name__} for {backend} (batch {step_batch} x {micro_batches} micro-batches)")
-    artifacts = backend_exporter(backend)(prepared, loss_spec, inputs, labels, optimizer, out)
+    exporter = backend_exporter(backend)
+    techniques = list(techniques)
+    if recompute is not None:
+        exporter = functools.partial(exporter, recompute=recompute)
+        techniques.append({"name": "recompute", "config": recompute.to_json()})
+    artifacts = exporter(prepared, loss_spec, inputs, labels, optimizer, out)
     files = {role: file_entry(out, path) for role, path in artifacts.files.items()}
     params = dict(prepared.named_parameters())
     trainable_specs = []
@@ -160,7 +168,7 @@ def export_bundle(
             "parameters": sum(p.numel() for p in prepared.parameters()),
             "trainable_parameters": sum(s.numel for s in trainable_specs),
         },
-        techniques=list(techniques),
+        techniques=techniques,
         backend_options=artifacts.backend_options,
     )
     write_manifest(out, manifest)

@@ -41,6 +41,7 @@ from exporters.backend import BackendArtifacts
 from exporters.bundle import atomic_write_bytes
 from exporters.config import OptimizerConfig
 from exporters.losses import LossFn, LossSpec
+from exporters.techniques.recompute import RecomputeConfig
 from exporters.training_graph import MODEL_PREFIX, TrainStep, trainable_parameters
 
 OPSET = 17
@@ -282,8 +283,11 @@ def export_onnxruntime(
     labels: torch.Tensor,
     optimizer: OptimizerConfig,
     out_dir: Path,
+    recompute: RecomputeConfig | None = None,
 ) -> BackendArtifacts:
     """Write the training and eval models, the checkpoint, and the optimizer model if ORT runs it."""
+    if recompute is not None:
+        raise ValueError("recomputation is not implemented for the onnxruntime backend yet; use executorch")
     trainable = [MODEL_PREFIX + name for name in trainable_parameters(model)]
     if not trainable:
         raise ValueError("no parameter requires grad: nothing to train; unfreeze at least one parameter")
