@@ -12,6 +12,7 @@ from torch import nn
 
 from exporters.config import OptimizerConfig
 from exporters.losses import LossSpec
+from exporters.memory_profile import MemoryProfile
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class BackendArtifacts:
     # (ONNX Runtime allocates one even for plain SGD).
     optimizer_state_tensors: int | None = None
     backend_options: dict[str, Any] = field(default_factory=dict)
+    # Tensor lifetimes of the planned training method, where the backend plans memory itself (ExecuTorch).
+    memory_profile: MemoryProfile | None = None
 
 
 BackendExporter = Callable[[nn.Module, LossSpec, torch.Tensor, torch.Tensor, OptimizerConfig, Path], BackendArtifacts]

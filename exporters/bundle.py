@@ -11,10 +11,11 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import jsonschema
 
@@ -63,6 +64,10 @@ class MemoryEstimate:
     runtime_overhead_bytes: int
     predicted_peak_bytes: int
     notes: str = ""
+    # Added within schema v1 (optional: manifests written before them read as 0).
+    frozen_parameter_bytes: int = 0  # frozen weights, stored in the program files
+    evaluation_arena_bytes: int = 0  # the predict method's workspace, resident while the app evaluates
+    gradient_accumulation_bytes: int = 0  # the runner's sum of micro-batch gradients
 
 
 @dataclass(frozen=True)
@@ -133,11 +138,17 @@ def file_entry(bundle_dir: Path, relative: str) -> FileEntry:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash at any point leaves either the old or the new file."""
+    atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Let ``write`` fill a temporary file, then move it over ``path``: a crash or a full disk at any point
+    leaves either the old or the new file, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

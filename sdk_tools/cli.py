@@ -40,36 +40,124 @@ def _parse_kwargs(text: str) -> dict[str, Any]:
     return value
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def _load_model(args: argparse.Namespace) -> Any:
     import torch
 
-    from exporters import FreezeConfig, ModelSpec, OptimizerConfig, apply_freeze, export_bundle
     from sdk_tools.models import build_model
 
     model = build_model(args.model, **args.model_kwargs)
     if args.weights:
         model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
-    freeze = FreezeConfig(tuple(args.trainable))
-    apply_freeze(model, freeze)
-    optimizer = OptimizerConfig(kind=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    bundle = export_bundle(
-        model,
-        args.out,
+    return model
+
+
+def _optimizer(args: argparse.Namespace) -> Any:
+    from exporters import OptimizerConfig
+
+    return OptimizerConfig(kind=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+
+def _plan(args: argparse.Namespace) -> Any:
+    from exporters.plan import TrainingPlan
+    from exporters.techniques import FreezeConfig, RecomputeConfig
+
+    recompute = None
+    if args.recompute:
+        recompute = RecomputeConfig(int(args.recompute) if args.recompute.isdigit() else args.recompute)
+    freeze = FreezeConfig(tuple(args.trainable), args.last_blocks, args.bias_only)
+    return TrainingPlan(freeze, _optimizer(args), args.micro_batches, recompute)
+
+
+def _export_model(args: argparse.Namespace, out: str | Path) -> Bundle:
+    from exporters import ModelSpec
+    from exporters.plan import export_plan
+
+    return export_plan(
+        _load_model(args),
+        out,
+        _plan(args),
         sample_shape=args.input_shape,
         batch_size=args.batch,
         backend=args.backend,
         loss=args.loss,
-        optimizer=optimizer,
-        name=args.name,
+        name=getattr(args, "name", None),
         model_spec=ModelSpec(args.model, args.model_kwargs),
-        techniques=[{"name": "freeze", "config": freeze.to_json()}] if args.trainable else [],
-        micro_batches=args.micro_batches,
-        overwrite=args.force,
+        overwrite=getattr(args, "force", False),
     )
+
+
+def _planner(args: argparse.Namespace) -> Any:
+    from exporters import ModelSpec
+    from sdk_tools.planner import Planner
+
+    return Planner(
+        _load_model(args),
+        args.input_shape,
+        args.batch,
+        args.backend,
+        _optimizer(args),
+        Path(args.work_dir),
+        model_spec=ModelSpec(args.model, args.model_kwargs),
+        loss=args.loss,
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.budget is None:
+        bundle = _export_model(args, args.out)
+    else:
+        import shutil
+
+        from exporters.bundle import load_bundle
+
+        report = _planner(args).search(args.budget, margin=args.margin, top=1)
+        out = Path(args.out)
+        if out.exists() and any(out.iterdir()):
+            if not args.force:
+                raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
+            shutil.rmtree(out)
+        shutil.copytree(report.fitting[0].bundle.directory, out, dirs_exist_ok=True)
+        bundle = load_bundle(out)
+        print(f"plan for {args.budget / 2**20:.1f} MiB: {report.fitting[0].plan.describe()}", file=sys.stderr)
     if args.json:
         _print_json({"bundle": str(bundle.directory), "manifest": bundle.manifest.to_json()})
     else:
         print(describe_bundle(bundle))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from sdk_tools.planner import format_report
+
+    report = _planner(args).search(args.budget, margin=args.margin, top=args.top)
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(format_report(report))
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from exporters.bundle import load_bundle
+    from sdk_tools.analyze import analyze_bundle, format_analysis, plot_analysis
+
+    with tempfile.TemporaryDirectory(prefix="memwall-analyze-") as tmp:
+        if args.bundle:
+            bundle = load_bundle(args.bundle)
+        elif args.model and args.input_shape:
+            bundle = _export_model(args, Path(tmp) / "bundle")
+        else:
+            raise ValueError("analyze a bundle (memwall analyze BUNDLE) or a model (--model M --input-shape S)")
+        analysis = analyze_bundle(bundle)
+        plot = plot_analysis(analysis, Path(args.plot)) if args.plot else None
+    if args.json:
+        _print_json({**analysis.to_json(), "plot": str(plot) if plot else None})
+    else:
+        print(format_analysis(analysis))
+        if plot:
+            print(f"plot: {plot}")
     return 0
 
 
@@ -196,7 +284,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from sdk_tools.measure import measure_training
     from sdk_tools.memory import mib
 
-    result = measure_training(args.bundle, _train_config(args, checkpoint_every=0), threads=args.threads)
+    result = measure_training(
+        args.bundle, _train_config(args, checkpoint_every=0), threads=args.threads, cap_bytes=args.cap
+    )
     _report_to_lab(args, result)
     if args.json:
         _print_json(result.to_json())
@@ -206,6 +296,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
             f" over a {mib(result.baseline_rss_bytes)} idle baseline "
             f"(error {result.prediction_error:+.1%}); {result.train['steps_per_second']:.2f} steps/s"
         )
+        phases = ", ".join(f"{name} {mib(value)}" for name, value in result.phase_peak_delta_bytes.items())
+        print(f"peak by phase: {phases}")
     return 0
 
 
@@ -258,29 +350,69 @@ def _add_train_args(parser: argparse.ArgumentParser, steps: int) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _parse_size(text: str) -> int:
+    from sdk_tools.memory_cap import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--model", required=required, help="mlp | small_cnn | mobilenet_v2 | pkg.module:factory")
+    parser.add_argument("--model-kwargs", type=_parse_kwargs, default={}, help="JSON kwargs for the factory")
+    parser.add_argument("--weights", help="state dict (.pt) to load before export")
+    parser.add_argument("--input-shape", type=_parse_shape, required=required, help="one sample's shape, e.g. 3,32,32")
+    parser.add_argument("--batch", type=int, default=8, help="samples per optimizer step")
+    parser.add_argument("--backend", choices=("executorch", "onnxruntime"), default="executorch")
+    parser.add_argument("--loss", default="cross_entropy", help="cross_entropy | mse | bce_with_logits | pkg.mod:fn")
+    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--momentum", type=float, default=0.0)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+
+
+def _add_plan_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trainable", action="append", default=[], help="fnmatch pattern of parameters to train")
+    parser.add_argument("--last-blocks", type=int, help="train the last K numbered blocks and the head (0: head)")
+    parser.add_argument("--bias-only", action="store_true", help="train every bias (TinyTL; add --trainable HEAD)")
+    parser.add_argument("--recompute", help="recompute activations in backward: auto | blocks | sqrt | N segments")
+    parser.add_argument("--micro-batches", type=int, default=1, help="split each step into this many calls")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memwall", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("export", help="export a model as an on-device training bundle")
-    p.add_argument("--model", required=True, help="mlp | small_cnn | mobilenet_v2 | pkg.module:factory")
-    p.add_argument("--model-kwargs", type=_parse_kwargs, default={}, help="JSON kwargs for the factory")
-    p.add_argument("--weights", help="state dict (.pt) to load before export")
-    p.add_argument("--input-shape", type=_parse_shape, required=True, help="one sample's shape, e.g. 3,32,32")
-    p.add_argument("--batch", type=int, default=8, help="samples per optimizer step")
-    p.add_argument("--micro-batches", type=int, default=1, help="split each step into this many calls")
-    p.add_argument("--backend", choices=("executorch", "onnxruntime"), default="executorch")
-    p.add_argument("--loss", default="cross_entropy", help="cross_entropy | mse | bce_with_logits | pkg.mod:fn")
-    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.0)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--trainable", action="append", default=[], help="fnmatch pattern of parameters to train")
+    _add_model_args(p, required=True)
+    _add_plan_args(p)
+    p.add_argument("--budget", type=_parse_size, help="export the best plan that fits this memory, e.g. 48MB")
+    p.add_argument("--margin", type=float, default=0.1, help="with --budget: headroom for prediction error")
+    p.add_argument("--work-dir", default="memwall_runs/plans", help="with --budget: cache of candidate bundles")
     p.add_argument("--name", help="bundle name (default: model-backend)")
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("analyze", help="predicted training memory by component, layer and over the step")
+    p.add_argument("bundle", nargs="?", help="a bundle directory (or describe a model with --model ...)")
+    _add_model_args(p, required=False)
+    _add_plan_args(p)
+    p.add_argument("--plot", help="write a PNG of memory over the training step and per layer")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("plan", help="find the plans that fit a memory budget (most of the model trained first)")
+    _add_model_args(p, required=True)
+    p.add_argument("--budget", type=_parse_size, required=True, help="memory the app may use, e.g. 48MB")
+    p.add_argument("--margin", type=float, default=0.1, help="headroom for prediction error (fraction of budget)")
+    p.add_argument("--top", type=int, default=3, help="how many plans to show")
+    p.add_argument("--work-dir", default="memwall_runs/plans", help="cache of candidate bundles")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("inspect", help="verify a bundle and print its manifest")
     p.add_argument("bundle")
@@ -305,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("measure", help="train in a child process and measure peak memory")
     _add_train_args(p, steps=20)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--cap", type=_parse_size, help="hard memory cap over the idle baseline, e.g. 48MB: OOM past it")
     _add_lab_args(p, local_default=None)
     p.set_defaults(func=cmd_measure)
 

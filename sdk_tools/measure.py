@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -11,12 +12,26 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from exporters.bundle import load_bundle
+from exporters.bundle import Bundle, load_bundle
+from sdk_tools.memory_cap import create_cgroup_cap
 from sdk_tools.runner.train import TrainConfig
 
 
 class MeasurementError(RuntimeError):
     """The measuring child failed; the message carries its exit status and the end of its error output."""
+
+
+class OutOfMemoryError(MeasurementError):
+    """The child was killed at the memory cap: the bundle does not fit that budget."""
+
+    def __init__(self, cap_bytes: int, enforced_by: str, predicted_bytes: int) -> None:
+        self.cap_bytes = cap_bytes
+        self.enforced_by = enforced_by
+        super().__init__(
+            f"out of memory: training was killed at the {cap_bytes / 2**20:.1f} MiB cap ({enforced_by}); "
+            f"the bundle predicts {predicted_bytes / 2**20:.1f} MiB. Export a plan that fits "
+            "('memwall plan --budget ...') or raise the cap"
+        )
 
 
 @dataclass(frozen=True)
@@ -28,8 +43,11 @@ class Measurement:
     baseline_rss_bytes: int
     peak_rss_bytes: int
     peak_delta_bytes: int
+    phase_peak_delta_bytes: dict[str, int]  # load / train / evaluate_* / checkpoint: each phase's own peak
     threads: int
     train: dict[str, Any]
+    cap_bytes: int | None = None  # the hard cap the child ran under, if any
+    cap_enforced_by: str | None = None  # "cgroup-v1", "cgroup-v2" or "rss-watchdog"
 
     @property
     def prediction_error(self) -> float:
@@ -40,23 +58,48 @@ class Measurement:
         return {**asdict(self), "prediction_error": self.prediction_error}
 
 
-def measure_training(bundle_dir: str | Path, config: TrainConfig, threads: int | None = None) -> Measurement:
-    """Run ``config`` on the bundle in a fresh interpreter; progress goes to this process's stderr."""
+def predicted_peak(bundle: Bundle, evaluates: bool) -> int:
+    """The manifest's prediction for this run: the predict method's arena exists only if it ever runs."""
+    memory = bundle.manifest.memory
+    return memory.predicted_peak_bytes - (0 if evaluates else memory.evaluation_arena_bytes)
+
+
+def measure_training(
+    bundle_dir: str | Path, config: TrainConfig, threads: int | None = None, cap_bytes: int | None = None
+) -> Measurement:
+    """Run ``config`` on the bundle in a fresh interpreter; progress goes to this process's stderr.
+
+    With ``cap_bytes`` the child trains under a hard memory cap over its idle baseline (a memory cgroup, or
+    an RSS watchdog where cgroups cannot be made) and ``OutOfMemoryError`` says when it was killed there.
+    """
     bundle = load_bundle(bundle_dir)
+    cgroup = create_cgroup_cap(cap_bytes) if cap_bytes else None
+    enforced_by = (cgroup.enforced_by if cgroup else "rss-watchdog") if cap_bytes else None
     with tempfile.TemporaryDirectory(prefix="memwall-measure-") as tmp:
         request = Path(tmp, "request.json")
         result = Path(tmp, "result.json")
         cfg = {**asdict(config), "checkpoint": str(config.checkpoint) if config.checkpoint else None}
-        request.write_text(json.dumps({"bundle": str(bundle.directory), "config": cfg}))
+        cap = (
+            {"bytes": cap_bytes, "cgroup": str(cgroup.path) if cgroup else None, "by": enforced_by}
+            if cap_bytes
+            else None
+        )
+        request.write_text(json.dumps({"bundle": str(bundle.directory), "config": cfg, "cap": cap}))
         env = dict(os.environ)
         if threads:
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        proc = subprocess.run(
-            [sys.executable, "-m", "sdk_tools.runner.worker", str(request), str(result)],
-            env=env,
-            stderr=subprocess.PIPE if not config.progress else None,
-            text=True,
-        )
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "sdk_tools.runner.worker", str(request), str(result)],
+                env=env,
+                stderr=subprocess.PIPE if not config.progress else None,
+                text=True,
+            )
+        finally:
+            if cgroup:
+                cgroup.remove()
+        if cap_bytes and proc.returncode == -signal.SIGKILL:
+            raise OutOfMemoryError(cap_bytes, str(enforced_by), bundle.manifest.memory.predicted_peak_bytes)
         if proc.returncode != 0 or not result.exists():
             tail = (proc.stderr or "")[-2000:]
             raise MeasurementError(f"training child exited with status {proc.returncode}: {tail}")
@@ -65,11 +108,14 @@ def measure_training(bundle_dir: str | Path, config: TrainConfig, threads: int |
     return Measurement(
         bundle=str(bundle.directory),
         backend=bundle.manifest.backend,
-        predicted_peak_bytes=bundle.manifest.memory.predicted_peak_bytes,
+        predicted_peak_bytes=predicted_peak(bundle, evaluates=config.eval_split is not None),
         planned_arena_bytes=bundle.manifest.memory.planned_arena_bytes,
         baseline_rss_bytes=memory["baseline_rss_bytes"],
         peak_rss_bytes=memory["peak_rss_bytes"],
         peak_delta_bytes=memory["peak_delta_bytes"],
+        phase_peak_delta_bytes=memory["phase_peak_delta_bytes"],
         threads=output["threads"],
         train=output["train"],
+        cap_bytes=cap_bytes,
+        cap_enforced_by=enforced_by,
     )

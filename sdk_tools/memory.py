@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 
@@ -20,3 +21,17 @@ def reset_peak() -> None:
 
 def mib(n_bytes: float) -> str:
     return f"{n_bytes / 2**20:.1f} MiB"
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``), so RSS shows what is live.
+
+    glibc keeps freed memory of a finished phase (evaluation, a checkpoint write) resident, and the next
+    phase's high-water mark would start from it; phone allocators (scudo, jemalloc) return large frees
+    on their own. No-op where glibc is not the allocator.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return

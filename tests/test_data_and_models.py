@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -87,3 +89,34 @@ def test_freeze_by_pattern() -> None:
     ]
     with pytest.raises(ValueError, match="matches no parameter"):
         apply_freeze(model, FreezeConfig(("head.*",)))
+
+
+def _trained(model: torch.nn.Module) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def test_freeze_presets_last_blocks_bias_only_head() -> None:
+    model = build_model("mobilenet_v2", width_mult=0.25)
+    apply_freeze(model, FreezeConfig(last_blocks=2))
+    trained = _trained(model)
+    assert trained[0].startswith("features.17.") and trained[-1] == "classifier.bias"
+    assert not any(n.startswith("features.16.") for n in trained)
+    apply_freeze(model, FreezeConfig(last_blocks=0))
+    assert _trained(model) == ["classifier.weight", "classifier.bias"]
+    apply_freeze(model, FreezeConfig(("classifier.*",), bias_only=True))
+    trained = _trained(model)
+    assert "classifier.weight" in trained and all(n.endswith(".bias") for n in trained if n != "classifier.weight")
+    assert len(trained) > 30
+    apply_freeze(model, FreezeConfig())
+    assert len(_trained(model)) == len(list(model.parameters()))
+    config = FreezeConfig(("classifier.*",), last_blocks=3, bias_only=True)
+    assert FreezeConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+
+
+def test_freeze_errors_name_the_fix() -> None:
+    with pytest.raises(ValueError, match="no numbered blocks"):
+        FreezeConfig(last_blocks=1).select(["weight", "bias"])
+    with pytest.raises(ValueError, match=">= 0"):
+        FreezeConfig(last_blocks=-1)
+    with pytest.raises(ValueError, match="no bias"):
+        FreezeConfig(bias_only=True).select(["features.0.weight"])

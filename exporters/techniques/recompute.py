@@ -26,6 +26,8 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
 from torch.fx import Node
 
+from exporters.techniques.freeze import parameter_block
+
 logger = logging.getLogger(__name__)
 
 Segments = Literal["blocks", "sqrt", "auto"] | int
@@ -157,18 +159,6 @@ def _nondeterministic(node: Node) -> bool:
     return torch.Tag.nondeterministic_seeded in getattr(op, "tags", ())
 
 
-def _block_key(fqn: str) -> tuple[str, bool] | None:
-    """A parameter's block: its module path up to the first numbered child, and whether it has one.
-
-    Top-level tensors (lifted constants such as BatchNorm's eps) belong to no module: None.
-    """
-    parts = fqn.split(".")[:-1]
-    for i, part in enumerate(parts):
-        if part.isdigit():
-            return ".".join(parts[: i + 1]), True
-    return (".".join(parts), False) if parts else None
-
-
 class _JointGraph:
     """The forward half of a joint graph, the forward values backward reads, and where it can be cut.
 
@@ -221,7 +211,7 @@ class _JointGraph:
             for spec in signature.input_specs
             if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER)
             and spec.target is not None
-            and (key := _block_key(spec.target)) is not None
+            and (key := parameter_block(spec.target)) is not None
         }
         self.blocks = len({key for key, numbered in keys.values() if numbered}) >= 2
         self.activations: list[Node] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -77,7 +78,18 @@ def evaluate(session: TrainingSession, data: DigitsSplit) -> float:
     return correct / len(data)
 
 
-def train(bundle: Bundle, config: TrainConfig, session: TrainingSession | None = None) -> TrainResult:
+PhaseHook = Callable[[str], None]
+
+
+def train(
+    bundle: Bundle,
+    config: TrainConfig,
+    session: TrainingSession | None = None,
+    on_phase: PhaseHook | None = None,
+) -> TrainResult:
+    """Train ``config.steps`` steps; ``on_phase(name)`` is called as each phase starts (the measuring child
+    resets its peak there): "evaluate_before", "train", "checkpoint", "evaluate_after"."""
+    phase = on_phase or (lambda _name: None)
     session = session or open_session(bundle)
     manifest = bundle.manifest
     loss = resolve_loss(manifest.loss)
@@ -93,7 +105,9 @@ def train(bundle: Bundle, config: TrainConfig, session: TrainingSession | None =
     eval_data = dataset_for(bundle, config.data, config.eval_split) if config.eval_split else None
     result = TrainResult(steps_run=0, total_steps=start_step)
     if eval_data is not None:
+        phase("evaluate_before")
         result.accuracy_before = evaluate(session, eval_data)
+    phase("train")
     batches = Batches(dataset_for(bundle, config.data, config.split), micro_size, seed=config.seed)
     stream = batches.from_position(position)
     bar = tqdm(range(config.steps), desc="training", unit="step", disable=not config.progress, file=sys.stderr)
@@ -111,10 +125,14 @@ def train(bundle: Bundle, config: TrainConfig, session: TrainingSession | None =
         result.total_steps = start_step + i + 1
         bar.set_postfix(loss=f"{step_loss:.4f}")
         if config.checkpoint_every and result.total_steps % config.checkpoint_every == 0:
+            phase("checkpoint")
             _save(session, bundle, checkpoint_path, position)
+            phase("train")
+    phase("checkpoint")
     _save(session, bundle, checkpoint_path, position)
     result.checkpoint = str(checkpoint_path)
     if eval_data is not None:
+        phase("evaluate_after")
         result.accuracy_after = evaluate(session, eval_data)
     return result
 

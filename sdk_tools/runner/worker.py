@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from exporters.bundle import load_bundle
-from sdk_tools.memory import proc_status_bytes, reset_peak
+from sdk_tools.memory import proc_status_bytes, release_free_memory, reset_peak
+from sdk_tools.memory_cap import CgroupCap, start_rss_watchdog
 from sdk_tools.runner.train import TrainConfig, dataset_for, open_session, train
 
 
@@ -29,6 +30,27 @@ def load_runtime(backend: str) -> int:
     return max(1, (os.cpu_count() or 2) // 2) if os.cpu_count() else 1
 
 
+class PhasePeaks:
+    """Peak resident memory of each phase (load, train, evaluate, checkpoint), the highest over its visits.
+
+    The peak is reset as each phase starts, so a phase's figure is its own high-water mark, not an earlier
+    phase's; the process's peak is the largest of them.
+    """
+
+    def __init__(self, baseline: int) -> None:
+        self.baseline = baseline
+        self.peaks: dict[str, int] = {}
+        self._current: str | None = None
+
+    def start(self, name: str | None) -> None:
+        if self._current is not None:
+            hwm = proc_status_bytes("VmHWM")
+            self.peaks[self._current] = max(self.peaks.get(self._current, 0), hwm)
+        self._current = name
+        release_free_memory()
+        reset_peak()
+
+
 def main(request_path: str, result_path: str) -> int:
     request = json.loads(Path(request_path).read_text())
     bundle = load_bundle(request["bundle"])
@@ -37,12 +59,20 @@ def main(request_path: str, result_path: str) -> int:
     for split in filter(None, (config.split, config.eval_split)):
         dataset_for(bundle, config.data, split)
     threads = load_runtime(bundle.manifest.backend)
+    release_free_memory()  # the baseline is what stays resident, not the imports' freed scratch
     baseline = proc_status_bytes("VmRSS")
-    reset_peak()
+    cap = request.get("cap")
+    if cap and cap["cgroup"]:
+        CgroupCap(Path(cap["cgroup"]), cap["bytes"], cap["by"]).join()  # from here on, what training adds is capped
+    elif cap:
+        start_rss_watchdog(cap["bytes"], baseline)
+    phases = PhasePeaks(baseline)
+    phases.start("load")
     session = open_session(bundle)
     loaded = proc_status_bytes("VmRSS")
-    result = train(bundle, config, session)
-    peak = proc_status_bytes("VmHWM")
+    result = train(bundle, config, session, on_phase=phases.start)
+    phases.start(None)
+    peak = max(phases.peaks.values())
     output = {
         "train": result.to_json(),
         "memory": {
@@ -50,6 +80,7 @@ def main(request_path: str, result_path: str) -> int:
             "loaded_rss_bytes": loaded,
             "peak_rss_bytes": peak,
             "peak_delta_bytes": peak - baseline,
+            "phase_peak_delta_bytes": {name: value - baseline for name, value in phases.peaks.items()},
         },
         "threads": threads,
     }

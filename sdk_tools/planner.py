@@ -1,0 +1,242 @@
+"""``memwall plan``: find the plans whose training fits a memory budget, most of the model trained first.
+
+Every figure is a real export's prediction (the exporter's planned arena plus the calibrated terms), not a
+formula: each candidate is exported into a cache directory, so asking again (another budget, the final
+``memwall export --budget``) reuses the bundles. The search is ordered to keep exports few:
+
+- trainable sets from most to least of the model: everything, the last half / quarter / 2 / 1 blocks (with
+  the head), biases + head (TinyTL), the head alone;
+- for each set, the variants from fastest to leanest: plain, recomputation, then recomputation with 2, 4,
+  ... micro-batches. The fastest is exported first and taken if it fits; else the leanest: if even it does not
+  fit, the set is skipped; otherwise a binary search finds the fastest variant that fits (memory falls along
+  that list).
+
+A plan fits when its predicted peak is at most ``budget * (1 - margin)``: the margin covers prediction error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from exporters.bundle import Bundle, BundleError, load_bundle
+from exporters.config import OptimizerConfig
+from exporters.export import ModelSpec
+from exporters.plan import TrainingPlan, export_plan
+from exporters.techniques.freeze import FreezeConfig, numbered_blocks, parameter_block
+from exporters.techniques.recompute import RecomputeConfig
+
+
+class NoPlanFitsError(ValueError):
+    """No plan's predicted peak fits the budget; the message names the smallest one."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    plan: TrainingPlan
+    bundle: Bundle
+
+    @property
+    def predicted_peak_bytes(self) -> int:
+        return self.bundle.manifest.memory.predicted_peak_bytes
+
+    @property
+    def trainable_parameters(self) -> int:
+        return sum(p.numel for p in self.bundle.manifest.trainable)
+
+    def to_json(self) -> dict:
+        return {
+            "plan": self.plan.to_json(),
+            "description": self.plan.describe(),
+            "bundle": str(self.bundle.directory),
+            "predicted_peak_bytes": self.predicted_peak_bytes,
+            "planned_arena_bytes": self.bundle.manifest.memory.planned_arena_bytes,
+            "trainable_parameters": self.trainable_parameters,
+        }
+
+
+@dataclass
+class PlanReport:
+    budget_bytes: int
+    margin: float
+    fitting: list[Candidate] = field(default_factory=list)  # best first
+    tried: list[Candidate] = field(default_factory=list)
+
+    @property
+    def limit_bytes(self) -> int:
+        return int(self.budget_bytes * (1 - self.margin))
+
+    def smallest(self) -> Candidate:
+        return min(self.tried, key=lambda c: c.predicted_peak_bytes)
+
+    def to_json(self) -> dict:
+        return {
+            "budget_bytes": self.budget_bytes,
+            "margin": self.margin,
+            "limit_bytes": self.limit_bytes,
+            "fitting": [c.to_json() for c in self.fitting],
+            "tried": [c.to_json() for c in self.tried],
+        }
+
+
+def trainable_sets(model: nn.Module) -> list[FreezeConfig]:
+    """What the planner may train, from most of the model to least."""
+    names = [name for name, _ in model.named_parameters()]
+    blocks = numbered_blocks(names)
+    sets = [FreezeConfig()]
+    if len(blocks) >= 2:
+        counts = sorted({k for k in (len(blocks) // 2, len(blocks) // 4, 2, 1) if 0 < k < len(blocks)}, reverse=True)
+        sets += [FreezeConfig(last_blocks=k) for k in counts]
+        head = FreezeConfig(last_blocks=0)
+        if _selects(head, names):
+            sets += [FreezeConfig(last_blocks=0, bias_only=True), head]
+    else:
+        last = parameter_block(names[-1])
+        if last is not None:
+            sets += [FreezeConfig((f"{last[0]}.*",), bias_only=True), FreezeConfig((f"{last[0]}.*",))]
+    return sets
+
+
+def _selects(config: FreezeConfig, names: list[str]) -> bool:
+    try:
+        return bool(config.select(names))
+    except ValueError:
+        return False
+
+
+def variants(freeze: FreezeConfig, optimizer: OptimizerConfig, batch_size: int) -> list[TrainingPlan]:
+    """The plans for one trainable set, from fastest to leanest."""
+    plans = [TrainingPlan(freeze, optimizer), TrainingPlan(freeze, optimizer, recompute=RecomputeConfig("auto"))]
+    micro = 2
+    while micro <= batch_size:
+        if batch_size % micro == 0:
+            plans.append(TrainingPlan(freeze, optimizer, micro_batches=micro, recompute=RecomputeConfig("auto")))
+        micro *= 2
+    return plans
+
+
+@dataclass
+class Planner:
+    model: nn.Module
+    sample_shape: tuple[int, ...]
+    batch_size: int
+    backend: str
+    optimizer: OptimizerConfig
+    work_dir: Path
+    model_spec: ModelSpec | None = None
+    loss: str = "cross_entropy"
+    log: Callable[[str], None] = field(default=lambda message: print(f"[memwall plan] {message}", file=sys.stderr))
+
+    def __post_init__(self) -> None:
+        self._cache: dict[str, Candidate | None] = {}
+        weights = hashlib.sha256()
+        for name, tensor in self.model.state_dict().items():
+            weights.update(name.encode())
+            weights.update(tensor.detach().contiguous().numpy().tobytes())
+        self._weights = weights.hexdigest()[:16]
+
+    def candidate(self, plan: TrainingPlan) -> Candidate | None:
+        """The plan exported (or found in the cache); None where the backend cannot apply it."""
+        key = hashlib.sha256(
+            json.dumps(
+                [plan.to_json(), self._weights, list(self.sample_shape), self.batch_size, self.backend, self.loss]
+            ).encode()
+        ).hexdigest()[:16]
+        if key in self._cache:
+            return self._cache[key]
+        directory = self.work_dir / key
+        try:
+            bundle = load_bundle(directory)
+        except BundleError:
+            self.log(f"exporting: {plan.describe()}")
+            try:
+                bundle = export_plan(
+                    self.model,
+                    directory,
+                    plan,
+                    sample_shape=self.sample_shape,
+                    batch_size=self.batch_size,
+                    backend=self.backend,
+                    loss=self.loss,
+                    model_spec=self.model_spec,
+                    overwrite=True,
+                )
+            except ValueError as exc:  # a technique this backend lacks, or a set that trains nothing
+                self.log(f"skipped ({exc})")
+                self._cache[key] = None
+                return None
+        found = Candidate(plan, bundle)
+        self.log(f"{plan.describe()}: predicted {found.predicted_peak_bytes / 2**20:.1f} MiB")
+        self._cache[key] = found
+        return found
+
+    def search(self, budget_bytes: int, margin: float = 0.1, top: int = 3) -> PlanReport:
+        if not 0 <= margin < 1:
+            raise ValueError(f"margin must be in [0, 1), got {margin}")
+        report = PlanReport(budget_bytes, margin)
+        for freeze in trainable_sets(self.model):
+            found = self._fastest_fitting(variants(freeze, self.optimizer, self.batch_size), report)
+            if found is not None:
+                report.fitting.append(found)
+                if len(report.fitting) >= top:
+                    break
+        if not report.fitting:
+            if not report.tried:
+                raise NoPlanFitsError("no plan could be exported for this model and backend")
+            smallest = report.smallest()
+            raise NoPlanFitsError(
+                f"no plan fits {budget_bytes / 2**20:.1f} MiB (with a {margin:.0%} margin: "
+                f"{report.limit_bytes / 2**20:.1f} MiB); the smallest predicted peak is "
+                f"{smallest.predicted_peak_bytes / 2**20:.1f} MiB ({smallest.plan.describe()}). "
+                "Raise the budget, lower the batch size or the input size"
+            )
+        return report
+
+    def _fastest_fitting(self, plans: list[TrainingPlan], report: PlanReport) -> Candidate | None:
+        def fits(index: int) -> Candidate | None:
+            found = self.candidate(plans[index])
+            if found is None:
+                return None
+            if found not in report.tried:
+                report.tried.append(found)
+            return found if found.predicted_peak_bytes <= report.limit_bytes else None
+
+        if (fastest := fits(0)) is not None:
+            return fastest
+        # The leanest variant the backend can export decides whether the set fits at all.
+        leanest = next((i for i in reversed(range(len(plans))) if self.candidate(plans[i]) is not None), None)
+        if leanest is None or (best := fits(leanest)) is None:
+            return None
+        lo, hi = 1, leanest
+        while lo < hi:  # the fastest variant that fits: memory falls along ``plans``
+            mid = (lo + hi) // 2
+            found = fits(mid)
+            if found is not None:
+                best, hi = found, mid
+            else:
+                lo = mid + 1
+        return best
+
+
+def format_report(report: PlanReport) -> str:
+    lines = [
+        f"budget {report.budget_bytes / 2**20:.1f} MiB (plans must predict <= {report.limit_bytes / 2**20:.1f} MiB: "
+        f"{report.margin:.0%} margin)",
+        f"{'#':<3} {'predicted':>10} {'arena':>9} {'trainable':>11}  plan",
+    ]
+    for i, c in enumerate(report.fitting, 1):
+        arena = c.bundle.manifest.memory.planned_arena_bytes
+        lines.append(
+            f"{i:<3} {c.predicted_peak_bytes / 2**20:6.1f} MiB {arena / 2**20:5.1f} MiB"
+            f" {c.trainable_parameters:>11,}  {c.plan.describe()}"
+        )
+    lines.append(
+        f"({len(report.tried)} candidate(s) exported or reused; bundles in {report.fitting[0].bundle.directory.parent})"
+    )
+    return "\n".join(lines)
