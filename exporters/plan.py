@@ -1,15 +1,16 @@
 """A training plan: which techniques a bundle is exported with. The planner emits plans, ``export_plan``
 applies one, and the manifest records it (``techniques``), so an app or the lab can tell what was used.
 
-Model transforms run on a copy of the model in a fixed order (freeze), then the exporter's graph passes
-(recompute) run on the exported training graph; micro-batching and the optimizer shape the training step.
+Model transforms run on a copy of the model in a fixed order: LoRA adapters, freezing (the adapters stay
+trainable), int8 storage of the frozen weights. Then the exporter's graph passes (recompute) run on the
+exported training graph; micro-batching and the optimizer shape the training step.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from exporters.bundle import Bundle
 from exporters.config import OptimizerConfig
 from exporters.export import ModelSpec, export_bundle
 from exporters.techniques.freeze import FreezeConfig, apply_freeze
+from exporters.techniques.int8_weights import Int8WeightsConfig, dequantize_weights, quantize_frozen_weights
+from exporters.techniques.lora import ADAPTERS, LoraConfig, apply_lora, merge_lora
 from exporters.techniques.recompute import RecomputeConfig
 
 
@@ -28,13 +31,20 @@ class TrainingPlan:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     micro_batches: int = 1
     recompute: RecomputeConfig | None = None
+    lora: LoraConfig | None = None
+    int8_frozen: Int8WeightsConfig | None = None
 
     def __post_init__(self) -> None:
         if self.micro_batches < 1:
             raise ValueError(f"micro_batches must be >= 1, got {self.micro_batches}")
 
     def describe(self) -> str:
-        parts = [f"train {self.freeze.describe()}", self.optimizer.kind]
+        trains = self.freeze.describe()
+        if self.lora is not None:
+            trains = f"LoRA r{self.lora.rank}" + ("" if self.freeze.trains_everything else f" + {trains}")
+        parts = [f"train {trains}", self.optimizer.kind]
+        if self.int8_frozen is not None:
+            parts.append("int8 frozen weights")
         if self.recompute is not None:
             parts.append(f"recompute {self.recompute.segments}")
         if self.micro_batches > 1:
@@ -43,9 +53,24 @@ class TrainingPlan:
 
     def techniques(self) -> list[dict[str, Any]]:
         """The manifest's technique list for the model transforms (the exporter adds its graph passes)."""
-        if self.freeze.trains_everything:
-            return []
-        return [{"name": "freeze", "config": self.freeze.to_json()}]
+        techniques = []
+        if self.lora is not None:
+            techniques.append({"name": "lora", "config": self.lora.to_json()})
+        if not self.freeze.trains_everything:
+            techniques.append({"name": "freeze", "config": self.freeze.to_json()})
+        if self.int8_frozen is not None:
+            techniques.append({"name": "int8_weights", "config": self.int8_frozen.to_json()})
+        return techniques
+
+    @classmethod
+    def model_transforms(cls, techniques: Sequence[dict[str, Any]]) -> TrainingPlan:
+        """The model transforms a manifest's ``techniques`` recorded (to rebuild the trained model)."""
+        configs = {t["name"]: t["config"] for t in techniques}
+        return cls(
+            freeze=FreezeConfig.from_json(configs["freeze"]) if "freeze" in configs else FreezeConfig(),
+            lora=LoraConfig.from_json(configs["lora"]) if "lora" in configs else None,
+            int8_frozen=Int8WeightsConfig.from_json(configs["int8_weights"]) if "int8_weights" in configs else None,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +78,8 @@ class TrainingPlan:
             "optimizer": self.optimizer.to_json(),
             "micro_batches": self.micro_batches,
             "recompute": self.recompute.to_json() if self.recompute else None,
+            "lora": self.lora.to_json() if self.lora else None,
+            "int8_frozen": self.int8_frozen.to_json() if self.int8_frozen else None,
         }
 
     @classmethod
@@ -62,14 +89,30 @@ class TrainingPlan:
             optimizer=OptimizerConfig.from_json(data.get("optimizer", {})),
             micro_batches=int(data.get("micro_batches", 1)),
             recompute=RecomputeConfig.from_json(data["recompute"]) if data.get("recompute") else None,
+            lora=LoraConfig.from_json(data["lora"]) if data.get("lora") else None,
+            int8_frozen=Int8WeightsConfig.from_json(data["int8_frozen"]) if data.get("int8_frozen") else None,
         )
 
 
 def apply_model_techniques(model: nn.Module, plan: TrainingPlan) -> nn.Module:
     """A copy of ``model`` with the plan's model transforms applied (the original is left as it is)."""
     model = copy.deepcopy(model)
-    apply_freeze(model, plan.freeze)
+    if plan.lora is not None:
+        model = apply_lora(model, plan.lora)
+        if not plan.freeze.trains_everything:
+            # apply_freeze replaces the whole selection: keep the adapters in it.
+            adapters = tuple(f"*.{name}" for name in ADAPTERS)
+            apply_freeze(model, replace(plan.freeze, trainable=(*plan.freeze.trainable, *adapters)))
+    else:
+        apply_freeze(model, plan.freeze)
+    if plan.int8_frozen is not None:
+        model = quantize_frozen_weights(model, plan.int8_frozen)
     return model
+
+
+def fold_model_techniques(model: nn.Module) -> nn.Module:
+    """Back to the original architecture: adapters merged, int8 weights as the floats the device used."""
+    return dequantize_weights(merge_lora(model))
 
 
 def export_plan(

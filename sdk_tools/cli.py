@@ -64,8 +64,13 @@ def _plan(args: argparse.Namespace) -> Any:
     recompute = None
     if args.recompute:
         recompute = RecomputeConfig(int(args.recompute) if args.recompute.isdigit() else args.recompute)
+    from exporters.techniques.int8_weights import Int8WeightsConfig
+    from exporters.techniques.lora import LoraConfig
+
     freeze = FreezeConfig(tuple(args.trainable), args.last_blocks, args.bias_only)
-    return TrainingPlan(freeze, _optimizer(args), args.micro_batches, recompute)
+    lora = LoraConfig(args.lora_rank, args.lora_alpha, tuple(args.lora_target or ("*",))) if args.lora_rank else None
+    int8 = Int8WeightsConfig(tuple(args.int8_target or ("*",)), not args.int8_per_tensor) if args.int8_frozen else None
+    return TrainingPlan(freeze, _optimizer(args), args.micro_batches, recompute, lora, int8)
 
 
 def _export_model(args: argparse.Namespace, out: str | Path) -> Bundle:
@@ -255,7 +260,22 @@ def cmd_pull(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.bundle)
     ckpt = load_checkpoint(Path(args.checkpoint) if args.checkpoint else default_checkpoint_path(bundle), bundle)
     summary: dict[str, Any] = {"steps": ckpt.steps}
-    if args.out:
+    transformed = {t["name"] for t in bundle.manifest.techniques} & {"lora", "int8_weights"}
+    if args.out and transformed:
+        # Adapters must be merged into (and int8 weights restored from) the weights the bundle was made from.
+        if not args.base:
+            raise ValueError(
+                f"this bundle was exported with {', '.join(sorted(transformed))}: pass --base WEIGHTS.pt (the "
+                "state dict it was exported from) so pull can fold the trained tensors into the full model"
+            )
+        from sdk_tools.runner.train import rebuild_trained_model
+
+        base = torch.load(args.base, map_location="cpu", weights_only=True)
+        state = rebuild_trained_model(bundle, base, Path(args.checkpoint) if args.checkpoint else None).state_dict()
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, args.out)
+        summary.update(out=args.out, trained_tensors=len(bundle.manifest.trainable), total_tensors=len(state))
+    elif args.out:
         trained = {strip_prefix(p.name): ckpt.tensors[p.name] for p in bundle.manifest.trainable}
         state = {**torch.load(args.base, map_location="cpu", weights_only=True), **trained} if args.base else trained
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -379,6 +399,12 @@ def _add_plan_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bias-only", action="store_true", help="train every bias (TinyTL; add --trainable HEAD)")
     parser.add_argument("--recompute", help="recompute activations in backward: auto | blocks | sqrt | N segments")
     parser.add_argument("--micro-batches", type=int, default=1, help="split each step into this many calls")
+    parser.add_argument("--lora-rank", type=int, help="LoRA adapters of this rank (the adapted layers freeze)")
+    parser.add_argument("--lora-alpha", type=float, default=8.0, help="LoRA scaling numerator (alpha / rank)")
+    parser.add_argument("--lora-target", action="append", help="fnmatch over module names (default: every fit)")
+    parser.add_argument("--int8-frozen", action="store_true", help="store frozen Linear/Conv weights as int8")
+    parser.add_argument("--int8-target", action="append", help="fnmatch over module names for --int8-frozen")
+    parser.add_argument("--int8-per-tensor", action="store_true", help="one int8 scale per tensor, not per channel")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ formula: each candidate is exported into a cache directory, so asking again (ano
 ``memwall export --budget``) reuses the bundles. The search is ordered to keep exports few:
 
 - trainable sets from most to least of the model: everything, the last half / quarter / 2 / 1 blocks (with
-  the head), biases + head (TinyTL), the head alone;
+  the head), LoRA rank 4 on every Linear / 1x1 conv (with the head), biases + head (TinyTL), the head alone;
 - for each set, the variants from fastest to leanest: plain, recomputation, then recomputation with 2, 4,
   ... micro-batches. The fastest is exported first and taken if it fits; else the leanest: if even it does not
   fit, the set is skipped; otherwise a binary search finds the fastest variant that fits (memory falls along
@@ -20,7 +20,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from torch import nn
@@ -30,6 +30,7 @@ from exporters.config import OptimizerConfig
 from exporters.export import ModelSpec
 from exporters.plan import TrainingPlan, export_plan
 from exporters.techniques.freeze import FreezeConfig, numbered_blocks, parameter_block
+from exporters.techniques.lora import LoraConfig, lora_kind
 from exporters.techniques.recompute import RecomputeConfig
 
 
@@ -85,22 +86,27 @@ class PlanReport:
         }
 
 
-def trainable_sets(model: nn.Module) -> list[FreezeConfig]:
-    """What the planner may train, from most of the model to least."""
+def trainable_sets(model: nn.Module, optimizer: OptimizerConfig) -> list[TrainingPlan]:
+    """What the planner may train, from most of the model to least (as plans without memory techniques)."""
     names = [name for name, _ in model.named_parameters()]
     blocks = numbered_blocks(names)
     sets = [FreezeConfig()]
+    lora: list[TrainingPlan] = []
     if len(blocks) >= 2:
         counts = sorted({k for k in (len(blocks) // 2, len(blocks) // 4, 2, 1) if 0 < k < len(blocks)}, reverse=True)
         sets += [FreezeConfig(last_blocks=k) for k in counts]
         head = FreezeConfig(last_blocks=0)
         if _selects(head, names):
+            # LoRA adapts every block with few parameters: above biases + head, below training whole blocks.
+            lora = [TrainingPlan(head, optimizer, lora=LoraConfig(rank=4))] if _has_lora_targets(model) else []
             sets += [FreezeConfig(last_blocks=0, bias_only=True), head]
     else:
         last = parameter_block(names[-1])
         if last is not None:
             sets += [FreezeConfig((f"{last[0]}.*",), bias_only=True), FreezeConfig((f"{last[0]}.*",))]
-    return sets
+    plans = [TrainingPlan(freeze, optimizer) for freeze in sets]
+    at = next((i for i, plan in enumerate(plans) if plan.freeze.bias_only), len(plans))
+    return plans[:at] + lora + plans[at:]
 
 
 def _selects(config: FreezeConfig, names: list[str]) -> bool:
@@ -110,13 +116,18 @@ def _selects(config: FreezeConfig, names: list[str]) -> bool:
         return False
 
 
-def variants(freeze: FreezeConfig, optimizer: OptimizerConfig, batch_size: int) -> list[TrainingPlan]:
+def _has_lora_targets(model: nn.Module) -> bool:
+    return any(lora_kind(module) is not None for module in model.modules())
+
+
+def variants(base: TrainingPlan, batch_size: int) -> list[TrainingPlan]:
     """The plans for one trainable set, from fastest to leanest."""
-    plans = [TrainingPlan(freeze, optimizer), TrainingPlan(freeze, optimizer, recompute=RecomputeConfig("auto"))]
+    auto = RecomputeConfig("auto")
+    plans = [base, replace(base, recompute=auto)]
     micro = 2
     while micro <= batch_size:
         if batch_size % micro == 0:
-            plans.append(TrainingPlan(freeze, optimizer, micro_batches=micro, recompute=RecomputeConfig("auto")))
+            plans.append(replace(base, micro_batches=micro, recompute=auto))
         micro *= 2
     return plans
 
@@ -180,8 +191,8 @@ class Planner:
         if not 0 <= margin < 1:
             raise ValueError(f"margin must be in [0, 1), got {margin}")
         report = PlanReport(budget_bytes, margin)
-        for freeze in trainable_sets(self.model):
-            found = self._fastest_fitting(variants(freeze, self.optimizer, self.batch_size), report)
+        for base in trainable_sets(self.model, self.optimizer):
+            found = self._fastest_fitting(variants(base, self.batch_size), report)
             if found is not None:
                 report.fitting.append(found)
                 if len(report.fitting) >= top:

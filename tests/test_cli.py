@@ -94,3 +94,30 @@ def test_onnxruntime_bundle_trains_and_exports_an_inference_model(tmp_path: Path
     ckpt = load_checkpoint(default_checkpoint_path(session.bundle), session.bundle)
     session.load_state_tensors(ckpt.steps, ckpt.tensors)
     np.testing.assert_allclose(logits, session.predict(torch.from_numpy(images)).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_lora_int8_bundle_pulls_a_merged_model_that_predicts_like_the_runtime(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    base = tmp_path / "base.pt"
+    torch.save(build_model("mlp").state_dict(), base)
+    out = tmp_path / "lora"
+    memwall(
+        "export", "--model", "mlp", "--weights", str(base), "--input-shape", "1,8,8", "--batch", "16",
+        "--lr", "0.05", "--lora-rank", "2", "--lora-target", "features.3", "--trainable", "classifier.*",
+        "--int8-frozen", "--int8-target", "features.1", "--out", str(out),
+    )  # fmt: skip
+    manifest = load_bundle(out).manifest
+    assert [t["name"] for t in manifest.techniques] == ["lora", "freeze", "int8_weights"]
+    assert {p.name.rsplit(".", 1)[-1] for p in manifest.trainable} == {"lora_A", "lora_B", "weight", "bias"}
+    memwall("train", str(out), "--steps", "5", "--eval-split", "")
+    proc = memwall("pull", str(out), "--out", str(tmp_path / "x.pt"), ok=False)
+    assert proc.returncode == 2 and "--base" in proc.stderr
+    memwall("pull", str(out), "--base", str(base), "--out", str(tmp_path / "merged.pt"))
+    merged = build_model("mlp")
+    merged.load_state_dict(torch.load(tmp_path / "merged.pt"))  # strict: the original architecture
+    session = open_session(load_bundle(out))
+    ckpt = load_checkpoint(default_checkpoint_path(session.bundle), session.bundle)
+    session.load_state_tensors(ckpt.steps, ckpt.tensors)
+    x = torch.rand(16, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x), session.predict(x), rtol=1e-4, atol=1e-5)

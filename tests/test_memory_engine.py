@@ -69,11 +69,12 @@ def test_plan_serializes_and_applies_to_a_copy() -> None:
 
 
 def test_search_space_goes_from_most_trained_to_least() -> None:
-    sets = trainable_sets(build_model("mobilenet_v2", width_mult=0.25))
-    assert sets[0].trains_everything
-    assert [s.last_blocks for s in sets[1:5]] == [9, 4, 2, 1]  # 19 numbered blocks
-    assert sets[-2].bias_only and sets[-1] == FreezeConfig(last_blocks=0)
-    plans = variants(FreezeConfig(), OptimizerConfig(), batch_size=8)
+    sets = trainable_sets(build_model("mobilenet_v2", width_mult=0.25), OptimizerConfig())
+    assert sets[0].freeze.trains_everything
+    assert [s.freeze.last_blocks for s in sets[1:5]] == [9, 4, 2, 1]  # 19 numbered blocks
+    assert sets[5].lora is not None and sets[5].freeze == FreezeConfig(last_blocks=0)
+    assert sets[-2].freeze.bias_only and sets[-1].freeze == FreezeConfig(last_blocks=0) and sets[-1].lora is None
+    plans = variants(TrainingPlan(), batch_size=8)
     assert [p.micro_batches for p in plans] == [1, 1, 2, 4, 8]
     assert plans[0].recompute is None and all(p.recompute for p in plans[1:])
 

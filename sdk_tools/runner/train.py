@@ -155,3 +155,23 @@ def load_trained_weights(model: torch.nn.Module, bundle: Bundle, checkpoint: Pat
                 raise KeyError(f"model has no parameter {name!r} (trained in bundle {bundle.manifest.name})")
             params[name].copy_(ckpt.tensors[spec.name])
     return model
+
+
+def rebuild_trained_model(
+    bundle: Bundle, base: dict[str, torch.Tensor], checkpoint: Path | None = None
+) -> torch.nn.Module:
+    """The bundle's model in its original architecture with the trained weights: rebuilt from the manifest's
+    model spec, ``base`` (the weights it was exported from) loaded, the recorded model transforms (LoRA, int8)
+    applied, the checkpoint loaded, then folded back (adapters merged, int8 weights as the floats trained
+    against)."""
+    from exporters.plan import TrainingPlan, apply_model_techniques, fold_model_techniques
+    from sdk_tools.models import build_model
+
+    spec = bundle.manifest.model.get("spec")
+    if not spec:
+        raise ValueError("the manifest names no model spec; export with --model (or ModelSpec) to pull a merged model")
+    model = build_model(spec, **bundle.manifest.model.get("kwargs", {}))
+    model.load_state_dict(base)
+    transformed = apply_model_techniques(model, TrainingPlan.model_transforms(bundle.manifest.techniques))
+    load_trained_weights(transformed, bundle, checkpoint)
+    return fold_model_techniques(transformed)
