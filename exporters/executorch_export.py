@@ -22,6 +22,7 @@ from exporters.backend import BackendArtifacts
 from exporters.bundle import atomic_write_bytes
 from exporters.config import OptimizerConfig
 from exporters.losses import LossSpec
+from exporters.memory_profile import profile_planned_method
 from exporters.techniques.recompute import RecomputeConfig, recompute_activations
 from exporters.training_graph import PredictStep, TrainStep, trainable_parameters
 
@@ -99,5 +100,8 @@ def export_executorch(
         },
         predict_arena_bytes=arenas[PREDICT_METHOD],
         runtime_overhead_bytes=RUNTIME_OVERHEAD_BYTES,
+        memory_profile=profile_planned_method(
+            program.exported_program(TRAIN_METHOD), TRAIN_METHOD, arenas[TRAIN_METHOD]
+        ),
         backend_options={"memory_planning": MEMORY_PLANNING},
     )

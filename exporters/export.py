@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import sys
 from collections.abc import Sequence
@@ -20,12 +21,14 @@ from exporters.bundle import (
     MemoryEstimate,
     ParameterSpec,
     TensorSpec,
+    atomic_write_bytes,
     file_entry,
     load_bundle,
     write_manifest,
 )
 from exporters.config import OptimizerConfig
 from exporters.losses import encode_labels, resolve_loss
+from exporters.memory_profile import PROFILE_FILE
 from exporters.techniques.recompute import RecomputeConfig
 from exporters.training_graph import MODEL_PREFIX, prepare_for_training_export
 
@@ -82,10 +85,12 @@ def estimate_memory(
         runtime_overhead_bytes=artifacts.runtime_overhead_bytes,
         predicted_peak_bytes=peak,
         notes=(
-            "peak = planned arena (incl. gradients) + predict arena "
-            f"({artifacts.predict_arena_bytes}) + program files + optimizer state + gradient accumulation "
-            f"({accumulation_bytes}) + runtime overhead"
+            "peak = planned arena (incl. trainable weights and gradients) + evaluation arena + program files "
+            "+ optimizer state + gradient accumulation + runtime overhead"
         ),
+        frozen_parameter_bytes=_tensor_bytes([p for p in model.parameters() if not p.requires_grad]),
+        evaluation_arena_bytes=artifacts.predict_arena_bytes,
+        gradient_accumulation_bytes=accumulation_bytes,
     )
 
 
@@ -136,7 +141,12 @@ def export_bundle(
         exporter = functools.partial(exporter, recompute=recompute)
         techniques.append({"name": "recompute", "config": recompute.to_json()})
     artifacts = exporter(prepared, loss_spec, inputs, labels, optimizer, out)
-    files = {role: file_entry(out, path) for role, path in artifacts.files.items()}
+    roles = dict(artifacts.files)
+    if artifacts.memory_profile is not None:
+        profile = json.dumps(artifacts.memory_profile.to_json(), separators=(",", ":")).encode()
+        atomic_write_bytes(out / PROFILE_FILE, profile)
+        roles["memory_profile"] = PROFILE_FILE
+    files = {role: file_entry(out, path) for role, path in roles.items()}
     params = dict(prepared.named_parameters())
     trainable_specs = []
     for runtime_name in artifacts.trainable_names:
@@ -161,7 +171,9 @@ def export_bundle(
         optimizer=optimizer.to_json(),
         training={"batch_size": batch_size, "micro_batches": micro_batches},
         methods=artifacts.methods,
-        memory=estimate_memory(artifacts, prepared, optimizer, sum(f.bytes for f in files.values()), micro_batches),
+        memory=estimate_memory(
+            artifacts, prepared, optimizer, sum(files[role].bytes for role in artifacts.files), micro_batches
+        ),
         model={
             "spec": spec.spec,
             "kwargs": spec.kwargs,

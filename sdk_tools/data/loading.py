@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,12 +13,15 @@ import torch
 from sdk_tools.data.digits import DigitsSplit, load_digits_split
 
 
+@functools.lru_cache(maxsize=4)
 def load_dataset(
     name: str, split: str, sample_shape: tuple[int, ...], num_classes: int, random_size: int = 256
 ) -> DigitsSplit:
     """Resolve ``digits``, ``random`` or a ``.npz`` path (arrays ``x`` and ``y``) to images and labels.
 
-    ``sample_shape`` is one sample's shape as the program expects it (no batch dimension).
+    ``sample_shape`` is one sample's shape as the program expects it (no batch dimension). Cached: the
+    measuring child loads its splits before its idle baseline, and the training loop must find them there,
+    not load a second copy inside the measured window (at 3x128x128 one split is ~90 MB).
     """
     if name == "digits":
         if len(sample_shape) != 3:

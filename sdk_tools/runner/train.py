@@ -66,7 +66,7 @@ def open_session(bundle: Bundle) -> TrainingSession:
 
 
 def dataset_for(bundle: Bundle, name: str, split: str) -> DigitsSplit:
-    return load_dataset(name, split, bundle.manifest.sample_shape, len(bundle.manifest.classes))
+    return load_dataset(name, split, tuple(bundle.manifest.sample_shape), len(bundle.manifest.classes))
 
 
 def evaluate(session: TrainingSession, data: DigitsSplit) -> float:

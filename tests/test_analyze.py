@@ -1,0 +1,95 @@
+"""The analyzer: the exporter's memory profile (ExecuTorch's own memory plan read back) and `memwall analyze`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from exporters import OptimizerConfig
+from exporters.bundle import Bundle
+from exporters.plan import TrainingPlan, export_plan
+from exporters.techniques import FreezeConfig
+from sdk_tools.analyze import analyze_bundle, format_analysis, load_profile
+from sdk_tools.models import build_model
+
+SHAPE = (3, 16, 16)
+
+
+def _export(root: Path, name: str, plan: TrainingPlan, backend: str = "executorch") -> Bundle:
+    model = build_model("mobilenet_v2", width_mult=0.25)
+    return export_plan(model, root / name, plan, sample_shape=SHAPE, batch_size=4, backend=backend)
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    return _export(tmp_path_factory.mktemp("analyze"), "full", TrainingPlan(optimizer=OptimizerConfig("adamw")))
+
+
+def test_profile_reads_the_plan_back_exactly(full: Bundle) -> None:
+    profile = load_profile(full)
+    assert profile is not None
+    memory = full.manifest.memory
+    assert profile.arena_bytes == memory.planned_arena_bytes
+    # Live tensors never exceed the arena they are placed in (greedy placement can only add fragmentation).
+    assert 0.9 * profile.arena_bytes <= profile.peak_live_bytes <= profile.arena_bytes * 1.001
+    assert 0 < profile.backward_start < len(profile.ops)
+    assert "convolution_backward" in profile.ops[profile.backward_start :]
+    # Every trainable parameter is in the arena for the whole step, and every gradient exists at the end.
+    trainable = memory.trainable_parameter_bytes
+    assert profile.timeline["trainable_weights"][0] == pytest.approx(trainable, rel=0.01)
+    assert profile.timeline["gradients"][-1] == pytest.approx(trainable, rel=0.01)
+    assert profile.timeline["saved_activations"][profile.backward_start - 1] > 0
+    assert profile.timeline["saved_activations"][-1] == 0
+    assert sum(layer.trainable_weight_bytes for layer in profile.layers) == pytest.approx(trainable, rel=0.01)
+    assert [layer.name for layer in profile.layers][:2] == ["features.0", "features.1"]
+
+
+def test_components_add_up_to_the_prediction(full: Bundle) -> None:
+    analysis = analyze_bundle(full)
+    assert analysis.predicted_peak_bytes == full.manifest.memory.predicted_peak_bytes
+    assert analysis.components["optimizer_state"] == 2 * full.manifest.memory.trainable_parameter_bytes
+    assert analysis.components["saved_activations"] > 0 and analysis.components["runtime_overhead"] > 0
+    text = format_analysis(analysis)
+    assert "saved activations" in text and "features.18" in text and "predicted peak" in text
+
+
+def test_freezing_shows_where_memory_went(full: Bundle, tmp_path: Path) -> None:
+    head = _export(tmp_path, "head", TrainingPlan(FreezeConfig(last_blocks=0), OptimizerConfig("adamw")))
+    before, after = analyze_bundle(full), analyze_bundle(head)
+    assert after.components["gradients"] < before.components["gradients"] / 10
+    assert after.components["saved_activations"] < before.components["saved_activations"] / 10
+    assert after.components["frozen_weights"] > 0 == before.components["frozen_weights"]
+    frozen_layers = {layer.name for layer in load_profile(head).layers if layer.frozen_weight_bytes}  # type: ignore[union-attr]
+    assert "features.3" in frozen_layers and "classifier" not in frozen_layers
+
+
+def test_onnxruntime_bundle_gets_the_component_table(tmp_path: Path) -> None:
+    bundle = _export(tmp_path, "ort", TrainingPlan(optimizer=OptimizerConfig("adamw")), backend="onnxruntime")
+    analysis = analyze_bundle(bundle)
+    assert analysis.profile is None
+    assert analysis.predicted_peak_bytes == bundle.manifest.memory.predicted_peak_bytes
+    assert "per-layer" in format_analysis(analysis)
+
+
+def test_cli_analyzes_a_model_and_plots(tmp_path: Path) -> None:
+    png = tmp_path / "analysis.png"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "sdk_tools.cli", "analyze", "--model", "small_cnn", "--input-shape", "1,8,8",
+            "--batch", "4", "--bias-only", "--plot", str(png), "--json",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(proc.stdout)
+    assert data["predicted_peak_bytes"] == sum(data["components"].values())
+    assert [layer["name"] for layer in data["layers"]][:1] == ["features.0"]
+    with Image.open(png) as image:
+        assert image.size[0] > 600 and image.size[1] > 400
