@@ -78,15 +78,9 @@ def test_onnxruntime_bundle_gets_the_component_table(tmp_path: Path) -> None:
 
 def test_cli_analyzes_a_model_and_plots(tmp_path: Path) -> None:
     png = tmp_path / "analysis.png"
-    proc = subprocess.run(
-        [
-            sys.executable, "-m", "sdk_tools.cli", "analyze", "--model", "small_cnn", "--input-shape", "1,8,8",
-            "--batch", "4", "--bias-only", "--plot", str(png), "--json",
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    args = ["analyze", "--model", "small_cnn", "--input-shape", "1,8,8", "--batch", "4", "--bias-only"]
+    args += ["--plot", str(png), "--json"]
+    proc = subprocess.run([sys.executable, "-m", "sdk_tools.cli", *args], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(proc.stdout)
     assert data["predicted_peak_bytes"] == sum(data["components"].values())
