@@ -69,8 +69,8 @@ def analyze_bundle(bundle: Bundle) -> Analysis:
         }
         arena["workspace"] = mem.planned_arena_bytes - sum(arena.values())
     else:
-        # Without a profile (ONNX Runtime) the arena is one static liveness figure: split what is known.
-        arena = {"gradients": mem.gradient_bytes, "workspace": max(0, mem.planned_arena_bytes - mem.gradient_bytes)}
+        # Without a profile (ONNX Runtime) the arena is one static liveness figure with no split by component.
+        arena = {"workspace": mem.planned_arena_bytes}
     frozen = min(mem.frozen_parameter_bytes, mem.program_bytes)
     components = {
         "frozen_weights": frozen,
