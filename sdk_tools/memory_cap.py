@@ -49,11 +49,6 @@ class CgroupCap:
     def join(self, pid: int | None = None) -> None:
         (self.path / "cgroup.procs").write_text(str(pid or os.getpid()))
 
-    def peak_bytes(self) -> int | None:
-        name = "memory.max_usage_in_bytes" if self.enforced_by == "cgroup-v1" else "memory.peak"
-        file = self.path / name
-        return int(file.read_text()) if file.exists() else None
-
     def remove(self) -> None:
         # A cgroup directory goes with rmdir once its processes have exited.
         for _ in range(50):

@@ -21,7 +21,7 @@ from exporters.techniques import FreezeConfig, RecomputeConfig
 from sdk_tools.measure import OutOfMemoryError, measure_training
 from sdk_tools.memory_cap import create_cgroup_cap, parse_size
 from sdk_tools.models import build_model
-from sdk_tools.planner import NoPlanFitsError, Planner, trainable_sets, variants
+from sdk_tools.planner import Candidate, NoPlanFitsError, Planner, trainable_sets, variants
 from sdk_tools.runner import TrainConfig
 from sdk_tools.runner.checkpoint import write_safetensors
 
@@ -88,11 +88,15 @@ def planner(tmp_path_factory: pytest.TempPathFactory) -> Planner:
     return Planner(model, MLP_SHAPE, 16, "executorch", optimizer, tmp_path_factory.mktemp("plans"))
 
 
-def test_planner_ranks_by_what_trains_and_keeps_only_fitting_plans(planner: Planner) -> None:
+def _just_under_full(planner: Planner) -> tuple[Candidate, int]:
+    """The full fine-tune and a budget just under what it needs with the 10% margin."""
     full = planner.candidate(TrainingPlan(optimizer=planner.optimizer))
     assert full is not None
-    # A budget just under the full fine-tune's needs: the plan must train less, and still fit with the margin.
-    budget = int(full.predicted_peak_bytes / 0.9) - 1
+    return full, int(full.predicted_peak_bytes / 0.9) - 1
+
+
+def test_planner_ranks_by_what_trains_and_keeps_only_fitting_plans(planner: Planner) -> None:
+    full, budget = _just_under_full(planner)
     report = planner.search(budget, margin=0.1, top=2)
     assert report.fitting, "a smaller trainable set fits"
     assert all(c.predicted_peak_bytes <= report.limit_bytes for c in report.fitting)
@@ -111,9 +115,7 @@ def test_impossible_budget_names_the_smallest_plan(planner: Planner) -> None:
 
 
 def test_emitted_plan_measures_under_its_budget(planner: Planner) -> None:
-    full = planner.candidate(TrainingPlan(optimizer=planner.optimizer))
-    assert full is not None
-    budget = int(full.predicted_peak_bytes / 0.9) - 1
+    _, budget = _just_under_full(planner)
     best = planner.search(budget, margin=0.1, top=1).fitting[0]
     measured = measure_training(best.bundle.directory, TrainConfig(steps=5, progress=False), cap_bytes=budget)
     assert measured.peak_delta_bytes <= budget
@@ -152,9 +154,7 @@ def test_cgroup_cap_is_used_where_the_machine_allows_it() -> None:
 
 
 def test_cli_plan_and_export_with_budget(planner: Planner, tmp_path: Path) -> None:
-    full = planner.candidate(TrainingPlan(optimizer=planner.optimizer))
-    assert full is not None
-    budget = int(full.predicted_peak_bytes / 0.9) - 1
+    _, budget = _just_under_full(planner)
     best = planner.search(budget, margin=0.1, top=1).fitting[0]
     common = ["--model", "mlp", "--model-kwargs", '{"hidden": [768, 768]}', "--input-shape", "1,8,8"]
     common += ["--batch", "16", "--lr", "0.05", "--momentum", "0.9", "--work-dir", str(planner.work_dir)]
