@@ -26,6 +26,12 @@ class BackendArtifacts:
     # State tensors the runtime keeps per trainable parameter when it differs from the optimizer's own count
     # (ONNX Runtime allocates one even for plain SGD).
     optimizer_state_tensors: int | None = None
+    # Whether the training method adds micro-batch gradients into its own gradient buffers (ONNX Runtime's
+    # gradient accumulators do): then no separate accumulation buffer exists.
+    accumulates_gradients: bool = False
+    # Whether the program applies the optimizer right after each gradient (fused update): then about one
+    # gradient tensor is alive at a time, not all of them.
+    consumes_gradients: bool = False
     backend_options: dict[str, Any] = field(default_factory=dict)
     # Tensor lifetimes of the planned training method, where the backend plans memory itself (ExecuTorch).
     memory_profile: MemoryProfile | None = None

@@ -1,13 +1,15 @@
 """ExecuTorch backend: a training program (.pte) with a joint forward/backward method and a predict method.
 
 Pipeline: ``torch.export`` (strict) -> ``_export_forward_backward`` (joint graph: loss, logits, one gradient
-per trainable parameter) -> ``to_edge`` with both methods -> ``to_executorch`` with explicitly configured
-memory planning. The planned arena (``non_const_buffer_sizes``) of each method is recorded.
+per trainable parameter) -> ``to_edge`` with both methods -> memory techniques on the edge program
+(recomputation, then the fused optimizer update) -> ``to_executorch`` with explicitly configured memory planning.
+The planned arena (``non_const_buffer_sizes``) of each method is recorded.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
@@ -23,8 +25,9 @@ from exporters.bundle import atomic_write_bytes
 from exporters.config import OptimizerConfig
 from exporters.losses import LossSpec
 from exporters.memory_profile import profile_planned_method
+from exporters.techniques.fused_update import INPUT_DESCRIPTIONS, FusedUpdateConfig, fuse_optimizer_update
 from exporters.techniques.recompute import RecomputeConfig, recompute_activations
-from exporters.training_graph import PredictStep, TrainStep, trainable_parameters
+from exporters.training_graph import PredictStep, TrainStep, strip_prefix, trainable_parameters
 
 PROGRAM_FILE = "model.pte"
 TRAIN_METHOD = "forward"
@@ -49,10 +52,13 @@ def export_joint_graph(model: nn.Module, loss: LossSpec, inputs: torch.Tensor, l
     return _export_forward_backward(program, joint_loss_index=0)
 
 
-def export_predict_graph(model: nn.Module, inputs: torch.Tensor) -> ExportedProgram:
-    trainable = trainable_parameters(model)
-    step = PredictStep(model, list(trainable))
-    return torch.export.export(step, (inputs, *(p.detach() for p in trainable.values())), strict=True)
+def export_predict_graph(model: nn.Module, inputs: torch.Tensor, trainable_names: list[str]) -> ExportedProgram:
+    """The predict method: inputs, then the trained parameters in ``trainable_names`` order (the joint graph's
+    gradient order, which follows first use in forward, not registration order).
+    """
+    params = dict(model.named_parameters())
+    step = PredictStep(model, trainable_names)
+    return torch.export.export(step, (inputs, *(params[n].detach() for n in trainable_names)), strict=True)
 
 
 def gradient_order(joint: ExportedProgram) -> list[str]:
@@ -71,16 +77,22 @@ def export_executorch(
     optimizer: OptimizerConfig,
     out_dir: Path,
     recompute: RecomputeConfig | None = None,
+    fused_update: FusedUpdateConfig | None = None,
 ) -> BackendArtifacts:
-    """Write the training program; the optimizer runs in the app (the runtime has SGD only)."""
+    """Write the training program. The optimizer runs in the app (the runtime has SGD only), or with
+    ``fused_update`` in the program itself.
+    """
     joint = export_joint_graph(model, loss, inputs, labels)
-    predict = export_predict_graph(model, inputs)
+    predict = export_predict_graph(model, inputs, [strip_prefix(n) for n in gradient_order(joint)])
     edge = to_edge(
         {TRAIN_METHOD: joint, PREDICT_METHOD: predict},
         compile_config=EdgeCompileConfig(_check_ir_validity=False),
     )
     if recompute is not None:
-        edge = recompute_activations(edge, recompute)  # only methods with gradients are edited
+        # First: recomputation finds the forward through the gradient outputs that the fused update removes.
+        # Only methods with gradients are edited.
+        edge = recompute_activations(edge, recompute, gradients_consumed=fused_update is not None)
+    fused = fuse_optimizer_update(edge, optimizer, fused_update)[TRAIN_METHOD] if fused_update is not None else None
     planner = MemoryPlanningPass(
         memory_planning_algo=MemoryPlanningAlgorithmSuite([greedy]),
         alloc_graph_input=MEMORY_PLANNING["alloc_graph_input"],
@@ -90,18 +102,29 @@ def export_executorch(
     arenas = {plan.name: sum(plan.non_const_buffer_sizes) for plan in program.executorch_program.execution_plan}
     atomic_write_bytes(out_dir / PROGRAM_FILE, program.buffer)
     trainable = gradient_order(joint)
+    train = {"name": TRAIN_METHOD, "inputs": ["input", "label"], "outputs": ["loss", "logits"]}
+    options: dict[str, Any] = {"memory_planning": MEMORY_PLANNING, "optimizer_runs_in": "app"}
+    if fused is not None:
+        train["inputs"] += fused.added_inputs
+        train["outputs"] += fused.buffers
+        options["optimizer_runs_in"] = "program"
+        options["train_inputs"] = {name: INPUT_DESCRIPTIONS[name] for name in fused.added_inputs}
     return BackendArtifacts(
         files={"program": PROGRAM_FILE},
         planned_arena_bytes=arenas[TRAIN_METHOD],
         trainable_names=trainable,
         methods={
-            "train": {"name": TRAIN_METHOD, "inputs": ["input", "label"], "outputs": ["loss", "logits"]},
+            "train": train,
             "predict": {"name": PREDICT_METHOD, "inputs": ["input", *trainable], "outputs": ["logits"]},
         },
         predict_arena_bytes=arenas[PREDICT_METHOD],
         runtime_overhead_bytes=RUNTIME_OVERHEAD_BYTES,
-        memory_profile=profile_planned_method(
-            program.exported_program(TRAIN_METHOD), TRAIN_METHOD, arenas[TRAIN_METHOD]
-        ),
-        backend_options={"memory_planning": MEMORY_PLANNING},
+        # The profile finds weights and gradients through the gradient outputs, which a fused program has not.
+        memory_profile=None
+        if fused is not None
+        else profile_planned_method(program.exported_program(TRAIN_METHOD), TRAIN_METHOD, arenas[TRAIN_METHOD]),
+        # With the update in the program, optimizer state is mutable buffers in the planned arena.
+        optimizer_state_tensors=0 if fused is not None else None,
+        consumes_gradients=fused is not None,
+        backend_options=options,
     )

@@ -29,6 +29,7 @@ from exporters.bundle import (
 from exporters.config import OptimizerConfig
 from exporters.losses import encode_labels, resolve_loss
 from exporters.memory_profile import PROFILE_FILE
+from exporters.techniques.fused_update import FusedUpdateConfig
 from exporters.techniques.recompute import RecomputeConfig
 from exporters.training_graph import MODEL_PREFIX, prepare_for_training_export
 
@@ -66,7 +67,10 @@ def estimate_memory(
     if state_tensors is None:
         state_tensors = optimizer.state_tensors_per_parameter
     optimizer_bytes = trainable_bytes * state_tensors
-    accumulation_bytes = trainable_bytes if micro_batches > 1 else 0
+    accumulation_bytes = trainable_bytes if micro_batches > 1 and not artifacts.accumulates_gradients else 0
+    gradient_bytes = trainable_bytes
+    if artifacts.consumes_gradients:
+        gradient_bytes = max((_tensor_bytes([t]) for t in trainable), default=0)
     peak = (
         artifacts.planned_arena_bytes
         + artifacts.predict_arena_bytes
@@ -79,7 +83,7 @@ def estimate_memory(
         planned_arena_bytes=artifacts.planned_arena_bytes,
         parameter_bytes=_tensor_bytes([*model.parameters(), *model.buffers()]),
         trainable_parameter_bytes=trainable_bytes,
-        gradient_bytes=trainable_bytes,
+        gradient_bytes=gradient_bytes,
         optimizer_state_bytes=optimizer_bytes,
         program_bytes=program_bytes,
         runtime_overhead_bytes=artifacts.runtime_overhead_bytes,
@@ -109,6 +113,7 @@ def export_bundle(
     techniques: Sequence[dict[str, Any]] = (),
     micro_batches: int = 1,
     recompute: RecomputeConfig | None = None,
+    fused_update: FusedUpdateConfig | None = None,
     overwrite: bool = False,
 ) -> Bundle:
     """Export ``model`` for on-device training; parameters with ``requires_grad=False`` stay frozen.
@@ -124,6 +129,19 @@ def export_bundle(
         shutil.rmtree(out)
     if batch_size < 1 or batch_size % micro_batches:
         raise ValueError(f"batch size {batch_size} must be a positive multiple of micro_batches {micro_batches}")
+    if fused_update is not None and micro_batches > 1:
+        raise ValueError(
+            f"fused_update applies the optimizer on every call of the training method, so it cannot accumulate "
+            f"{micro_batches} micro-batches; use micro_batches=1 with a smaller batch_size, or drop fused_update "
+            "(the app then accumulates gradients and runs the optimizer)"
+        )
+    if fused_update is not None and backend != "executorch":
+        # ONNX graphs are functional: ONNX Runtime keeps parameters in its checkpoint state and changes them only
+        # through its separate optimizer model, so an update cannot live in the training graph.
+        raise ValueError(
+            f"fused_update is not possible on the {backend} backend (its optimizer is a separate model that runs "
+            "after the training graph); use backend='executorch', or drop fused_update"
+        )
     loss_spec = resolve_loss(loss)
     prepared = prepare_for_training_export(model)
     step_batch = batch_size // micro_batches
@@ -140,6 +158,9 @@ def export_bundle(
     if recompute is not None:
         exporter = functools.partial(exporter, recompute=recompute)
         techniques.append({"name": "recompute", "config": recompute.to_json()})
+    if fused_update is not None:
+        exporter = functools.partial(exporter, fused_update=fused_update)
+        techniques.append({"name": "fused_update", "config": fused_update.to_json()})
     artifacts = exporter(prepared, loss_spec, inputs, labels, optimizer, out)
     roles = dict(artifacts.files)
     if artifacts.memory_profile is not None:

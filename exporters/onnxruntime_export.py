@@ -13,6 +13,11 @@ Graph edits, each for a measured reason:
 - The eval model is pruned to ``input -> logits``: it is the predict method and the source of the
   on-device inference export, neither of which should need labels.
 - AdamW runs with ``adam_mode=0`` (PyTorch's AdamW); onnxblock writes 1 (Hugging Face's variant).
+- With ``recompute``, backward recomputes activations from checkpoints (``techniques/onnx_recompute.py``); the
+  sessions must then disable ORT's CommonSubexpressionElimination (``backend_options.session_config``).
+
+The memory estimate models what ORT's sessions allocate (``SessionMemory``): the step's workspace from a walk
+of the training graph as ORT runs it, the rest derived from the parameters or calibrated by measurement.
 
 Files are ``.onnx``, not ``.ort``: the 1.19.2 mobile training packages are full builds that load .onnx,
 and ``export_model_for_inferencing`` fails on an .ort eval model (measured: "Protobuf parsing failed").
@@ -28,12 +33,13 @@ import re
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
 import torch
-from onnx import helper, shape_inference
+from onnx import helper
 from torch import nn
 from torch.onnx import symbolic_helper
 
@@ -41,6 +47,14 @@ from exporters.backend import BackendArtifacts
 from exporters.bundle import atomic_write_bytes
 from exporters.config import OptimizerConfig
 from exporters.losses import LossFn, LossSpec
+from exporters.techniques.onnx_recompute import (
+    SESSION_CONFIG,
+    Op,
+    TrainingGraphRoles,
+    as_ort_runs,
+    recompute_training_graph,
+    step_workspace_bytes,
+)
 from exporters.techniques.recompute import RecomputeConfig
 from exporters.training_graph import MODEL_PREFIX, TrainStep, trainable_parameters
 
@@ -59,9 +73,24 @@ TRAIN_INPUTS = ["input", "label", LOSS_SCALE]
 # x1.0 96x96 batch 8 peaks at 242 MiB with it and 141 MiB without; without it, large blocks go back to the
 # system on free, as phone allocators do (glibc only with a fixed mmap threshold).
 CPU_MEM_ARENA = False
-# Measured load + step cost of the MLP bundle beyond its parameters and files (the session's own
-# allocations); larger models cost more than this: calibrating it per model is the memory engine's job.
-RUNTIME_OVERHEAD_BYTES = 8 * 2**20
+# ORT's own memory, fitted to the phase peaks ``memwall measure`` reports for the 36 benchmark bundles (MLP /
+# SmallCNN / MobileNetV2 x0.5 32x32; full / bias-only / classifier-only; SGD / AdamW; with and without
+# recomputation; ``python tests/test_onnxruntime_memory.py rows`` measures them against the prediction):
+# - the three sessions' fixed cost (code pages, thread pool, kernel registry, allocators), with ORT's AdamW;
+_SESSION_BYTES = 7 * 2**20 + 45 * 2**10
+# - the plain-SGD optimizer session costs this much more than AdamW's;
+_SGD_SESSION_BYTES = 672 * 2**10
+# - per input or output of a node of the training and eval graphs as ORT runs them (graph, kernels, plan);
+_GRAPH_EDGE_BYTES = 1.9 * 2**10
+# - per tensor of the checkpoint: ORT loads each into its own 1 MiB arena region, whose chunk-handle table is
+#   32 KiB (4096 chunks of 256 B, measured 37 KiB per tensor with the chunk records);
+_CHECKPOINT_TENSOR_BYTES = 37 * 2**10
+# - what the first predict and train calls allocate and keep (kernel caches, the host runner's objects);
+_FIRST_CALL_BYTES = 4 * 2**20 + 150 * 2**10
+# - ORT's checkpoint serializer grows a flatbuffer by 1.5x and copies on growth: measured 1.2-1.64x the
+#   parameters plus optimizer state (larger checkpoints higher); the upper end, as it sets the peak only where
+#   activations are small.
+_CHECKPOINT_SAVE_FACTOR = 1.6
 
 # Optional outputs that ORT's gradient builders read and torch.onnx does not emit.
 _OUTPUTS_NEEDED_FOR_GRADIENT = {
@@ -235,45 +264,74 @@ def _use_pytorch_adamw(optimizer_model: onnx.ModelProto) -> None:
                 attribute.i = 0
 
 
-def planned_workspace_bytes(training: onnx.ModelProto, batch: int) -> int:
-    """Peak bytes of live intermediate tensors over one training step, in graph order.
+@dataclass(frozen=True)
+class SessionMemory:
+    """What an ORT training session holds and allocates beyond the bundle's files (loaded as they are), in bytes.
 
-    ORT plans its memory at session start and does not expose the plan; this is the liveness sum over the
-    graph it runs (parameters, gradient buffers and optimizer state are other terms of the estimate).
-    Shapes come from ONNX shape inference at the exported batch size; ORT's gradient ops are opaque to it,
-    and a gradient ``X_grad`` (or a partial ``X_grad_0``) has the shape of ``X``.
+    Derived from the artifacts: gradient buffers, optimizer state, the training step's workspace and the
+    predict method's (``onnx_recompute.workspace_bytes``: ORT's execution order, allocation planner and memory
+    pattern), the checkpoint serialization. Calibrated by measurement (docs/onnxruntime.md "Memory"): the
+    sessions' structures, the first calls' allocations, the serializer's growth factor.
     """
-    model = onnx.ModelProto()
-    model.CopyFrom(training)
-    for value in model.graph.input:
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.dim_param == BATCH_DIM:
-                dim.dim_value = batch
-    inferred = shape_inference.infer_shapes(model, strict_mode=False)
-    sizes: dict[str, int] = {}
-    for value in [*inferred.graph.value_info, *inferred.graph.output]:
-        tensor = value.type.tensor_type
-        if tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim):
-            numel = 1
-            for d in tensor.shape.dim:
-                numel *= d.dim_value
-            sizes[value.name] = numel * helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
-    nodes = list(model.graph.node)
-    last_use = {output.name: len(nodes) for output in model.graph.output}
-    for index, node in enumerate(nodes):
-        for name in node.input:
-            last_use[name] = max(last_use.get(name, index), index)
-    live = peak = 0
-    freed_after: dict[int, int] = {}
-    for index, node in enumerate(nodes):
-        for name in node.output:
-            nbytes = sizes.get(name, sizes.get(re.sub(r"_grad(_\d+)?$", "", name), 0))
-            live += nbytes
-            end = last_use.get(name, index)
-            freed_after[end] = freed_after.get(end, 0) + nbytes
-        peak = max(peak, live)
-        live -= freed_after.pop(index, 0)
-    return peak
+
+    gradient_buffer_bytes: int  # one per trainable parameter, where ORT accumulates gradients in place
+    step_workspace_bytes: int  # the training step's intermediate tensors, allocated per call
+    predict_workspace_bytes: int  # the predict method's, per call: below the step's, never at the same time
+    session_bytes: int  # three sessions (train, eval, optimizer): graphs, kernels, plans, checkpoint tensors
+    first_call_bytes: int  # what the first train and predict calls allocate and keep (caches, the runner's)
+    checkpoint_save_bytes: int  # ORT's checkpoint serializer at its peak (parameters + optimizer state)
+
+    @property
+    def transient_bytes(self) -> int:
+        """Per-call and checkpoint buffers never coexist: the peak holds the largest of them."""
+        return max(self.step_workspace_bytes, self.predict_workspace_bytes, self.checkpoint_save_bytes)
+
+    @property
+    def runtime_overhead_bytes(self) -> int:
+        """``MemoryEstimate.runtime_overhead_bytes``: all but the gradient buffers and the step's workspace
+        (the planned arena), the optimizer state and the files, which the estimate counts on their own."""
+        return self.session_bytes + self.first_call_bytes + self.transient_bytes - self.step_workspace_bytes
+
+    def to_json(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def session_memory(
+    training: onnx.ModelProto,
+    eval_model: onnx.ModelProto,
+    *,
+    batch: int,
+    checkpoint_tensors: int,
+    parameter_bytes: int,
+    trainable_bytes: int,
+    optimizer_state_bytes: int,
+    optimizer_runs_in: str,
+    optimizer_kind: str,
+) -> SessionMemory:
+    """ORT's memory for a bundle, beyond its files (``SessionMemory``). Where the app runs the optimizer there is
+    no optimizer session and no ORT checkpoint to serialize: the app saves its own tensors."""
+    in_runtime = optimizer_runs_in == "onnxruntime"
+    edges = 0
+    for model in (training, eval_model):
+        outputs = {value.name for value in model.graph.output}
+        ops = as_ort_runs([Op.of(node) for node in model.graph.node], outputs)
+        edges += sum(len(op.inputs) + len(op.outputs) for op in ops)
+    session = (
+        _SESSION_BYTES
+        + (_SGD_SESSION_BYTES if in_runtime and optimizer_kind == "sgd" else 0)
+        + _CHECKPOINT_TENSOR_BYTES * checkpoint_tensors
+        + int(_GRAPH_EDGE_BYTES * edges)
+    )
+    return SessionMemory(
+        gradient_buffer_bytes=trainable_bytes,
+        step_workspace_bytes=step_workspace_bytes(training, batch, BATCH_DIM),
+        predict_workspace_bytes=step_workspace_bytes(eval_model, batch, BATCH_DIM),
+        session_bytes=session,
+        first_call_bytes=_FIRST_CALL_BYTES,
+        checkpoint_save_bytes=int(_CHECKPOINT_SAVE_FACTOR * (parameter_bytes + optimizer_state_bytes))
+        if in_runtime
+        else 0,
+    )
 
 
 def export_onnxruntime(
@@ -285,9 +343,8 @@ def export_onnxruntime(
     out_dir: Path,
     recompute: RecomputeConfig | None = None,
 ) -> BackendArtifacts:
-    """Write the training and eval models, the checkpoint, and the optimizer model if ORT runs it."""
-    if recompute is not None:
-        raise ValueError("recomputation is not implemented for the onnxruntime backend yet; use executorch")
+    """Write the training and eval models, the checkpoint, and the optimizer model if ORT runs it; with
+    ``recompute``, the training graph recomputes activations (``exporters.techniques.onnx_recompute``)."""
     trainable = [MODEL_PREFIX + name for name in trainable_parameters(model)]
     if not trainable:
         raise ValueError("no parameter requires grad: nothing to train; unfreeze at least one parameter")
@@ -305,6 +362,14 @@ def export_onnxruntime(
         _generate_artifacts(graph, trainable, frozen, optimizer, work)
         training = onnx.load(work / TRAINING_MODEL)
         _feed_loss_scale(training)
+        session_config: dict[str, str] = {}
+        if recompute is not None:
+            roles = TrainingGraphRoles(
+                frozenset(state_names), frozenset(TRAIN_INPUTS[:2]), frozenset(("loss", "logits"))
+            )
+            plan = recompute_training_graph(training, recompute, roles, batch=inputs.shape[0], batch_dim=BATCH_DIM)
+            if plan.recomputed:
+                session_config |= SESSION_CONFIG
         eval_model = onnx.load(work / EVAL_MODEL)
         _prune_to_logits(eval_model)
         models = {"training_model": (TRAINING_MODEL, training), "eval_model": (EVAL_MODEL, eval_model)}
@@ -321,14 +386,31 @@ def export_onnxruntime(
     }
     if in_runtime:
         methods["optimizer"] = {"name": "optimizer_step", "inputs": [], "outputs": []}
+    state = {MODEL_PREFIX + name: tensor for name, tensor in [*model.named_parameters(), *model.named_buffers()]}
+    checkpointed = [state[name] for name in initializers if name in state]
+    trainable_bytes = sum(state[name].numel() * state[name].element_size() for name in trainable)
+    state_tensors = max(1, optimizer.state_tensors_per_parameter)
+    memory = session_memory(
+        training,
+        eval_model,
+        batch=inputs.shape[0],
+        checkpoint_tensors=len(checkpointed),
+        parameter_bytes=sum(t.numel() * t.element_size() for t in checkpointed),
+        trainable_bytes=trainable_bytes,
+        optimizer_state_bytes=state_tensors * trainable_bytes,
+        optimizer_runs_in="onnxruntime" if in_runtime else "app",
+        optimizer_kind=optimizer.kind,
+    )
     return BackendArtifacts(
         files={role: filename for role, (filename, _) in models.items()} | {"checkpoint": CHECKPOINT},
-        planned_arena_bytes=planned_workspace_bytes(training, inputs.shape[0]),
+        # The gradient buffers and the step's workspace: what ORT allocates to run the training method.
+        planned_arena_bytes=memory.gradient_buffer_bytes + memory.step_workspace_bytes,
         # The runtime's parameter order is the training graph's input order.
         trainable_names=[value.name for value in training.graph.input if value.name in trainable],
         methods=methods,
-        runtime_overhead_bytes=RUNTIME_OVERHEAD_BYTES,
-        optimizer_state_tensors=max(1, optimizer.state_tensors_per_parameter),
+        runtime_overhead_bytes=memory.runtime_overhead_bytes,
+        optimizer_state_tensors=state_tensors,
+        accumulates_gradients=True,  # micro-batches add up in ORT's gradient buffers
         backend_options={
             "opset": OPSET,
             "model_format": "onnx",
@@ -336,5 +418,7 @@ def export_onnxruntime(
             "cpu_mem_arena": CPU_MEM_ARENA,
             "optimizer_runs_in": "onnxruntime" if in_runtime else "app",
             LOSS_SCALE: "float32 scalar input of every train_step: 1 / micro-batches per optimizer step",
+            **({"session_config": session_config} if session_config else {}),
+            "memory": memory.to_json(),
         },
     )

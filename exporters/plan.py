@@ -3,7 +3,8 @@ applies one, and the manifest records it (``techniques``), so an app or the lab 
 
 Model transforms run on a copy of the model in a fixed order: LoRA adapters, freezing (the adapters stay
 trainable), int8 storage of the frozen weights. Then the exporter's graph passes (recompute) run on the
-exported training graph; micro-batching and the optimizer shape the training step.
+exported training graph; micro-batching and the optimizer shape the training step, and the fused update
+moves the optimizer into the training program (ExecuTorch).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from exporters.bundle import Bundle
 from exporters.config import OptimizerConfig
 from exporters.export import ModelSpec, export_bundle
 from exporters.techniques.freeze import FreezeConfig, apply_freeze
+from exporters.techniques.fused_update import FusedUpdateConfig
 from exporters.techniques.int8_weights import Int8WeightsConfig, dequantize_weights, quantize_frozen_weights
 from exporters.techniques.lora import ADAPTERS, LoraConfig, apply_lora, merge_lora
 from exporters.techniques.recompute import RecomputeConfig
@@ -33,16 +35,22 @@ class TrainingPlan:
     recompute: RecomputeConfig | None = None
     lora: LoraConfig | None = None
     int8_frozen: Int8WeightsConfig | None = None
+    fused_update: FusedUpdateConfig | None = None
 
     def __post_init__(self) -> None:
         if self.micro_batches < 1:
             raise ValueError(f"micro_batches must be >= 1, got {self.micro_batches}")
+        if self.fused_update is not None and self.micro_batches > 1:
+            raise ValueError(
+                "a fused update applies the optimizer on every call of the training method, so it cannot "
+                "accumulate micro-batches: drop one of them"
+            )
 
     def describe(self) -> str:
         trains = self.freeze.describe()
         if self.lora is not None:
             trains = f"LoRA r{self.lora.rank}" + ("" if self.freeze.trains_everything else f" + {trains}")
-        parts = [f"train {trains}", self.optimizer.kind]
+        parts = [f"train {trains}", self.optimizer.kind + (" fused into the program" if self.fused_update else "")]
         if self.int8_frozen is not None:
             parts.append("int8 frozen weights")
         if self.recompute is not None:
@@ -80,6 +88,7 @@ class TrainingPlan:
             "recompute": self.recompute.to_json() if self.recompute else None,
             "lora": self.lora.to_json() if self.lora else None,
             "int8_frozen": self.int8_frozen.to_json() if self.int8_frozen else None,
+            "fused_update": self.fused_update.to_json() if self.fused_update else None,
         }
 
     @classmethod
@@ -91,6 +100,7 @@ class TrainingPlan:
             recompute=RecomputeConfig.from_json(data["recompute"]) if data.get("recompute") else None,
             lora=LoraConfig.from_json(data["lora"]) if data.get("lora") else None,
             int8_frozen=Int8WeightsConfig.from_json(data["int8_frozen"]) if data.get("int8_frozen") else None,
+            fused_update=FusedUpdateConfig.from_json(data["fused_update"]) if data.get("fused_update") else None,
         )
 
 
@@ -144,5 +154,6 @@ def export_plan(
         techniques=plan.techniques(),
         micro_batches=plan.micro_batches,
         recompute=plan.recompute,
+        fused_update=plan.fused_update,
         overwrite=overwrite,
     )

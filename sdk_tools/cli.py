@@ -45,6 +45,9 @@ def _load_model(args: argparse.Namespace) -> Any:
 
     from sdk_tools.models import build_model
 
+    # A fixed seed: the same command exports the same initial weights (reproducible bundles; the planner's
+    # cache is keyed by the weights).
+    torch.manual_seed(args.init_seed)
     model = build_model(args.model, **args.model_kwargs)
     if args.weights:
         model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
@@ -70,7 +73,10 @@ def _plan(args: argparse.Namespace) -> Any:
     freeze = FreezeConfig(tuple(args.trainable), args.last_blocks, args.bias_only)
     lora = LoraConfig(args.lora_rank, args.lora_alpha, tuple(args.lora_target or ("*",))) if args.lora_rank else None
     int8 = Int8WeightsConfig(tuple(args.int8_target or ("*",)), not args.int8_per_tensor) if args.int8_frozen else None
-    return TrainingPlan(freeze, _optimizer(args), args.micro_batches, recompute, lora, int8)
+    from exporters.techniques.fused_update import FusedUpdateConfig
+
+    fused = FusedUpdateConfig(args.fused_update) if args.fused_update else None
+    return TrainingPlan(freeze, _optimizer(args), args.micro_batches, recompute, lora, int8, fused)
 
 
 def _export_model(args: argparse.Namespace, out: str | Path) -> Bundle:
@@ -383,6 +389,7 @@ def _add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--model", required=required, help="mlp | small_cnn | mobilenet_v2 | pkg.module:factory")
     parser.add_argument("--model-kwargs", type=_parse_kwargs, default={}, help="JSON kwargs for the factory")
     parser.add_argument("--weights", help="state dict (.pt) to load before export")
+    parser.add_argument("--init-seed", type=int, default=0, help="seed of the initial weights (without --weights)")
     parser.add_argument("--input-shape", type=_parse_shape, required=required, help="one sample's shape, e.g. 3,32,32")
     parser.add_argument("--batch", type=int, default=8, help="samples per optimizer step")
     parser.add_argument("--backend", choices=("executorch", "onnxruntime"), default="executorch")
@@ -399,6 +406,14 @@ def _add_plan_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bias-only", action="store_true", help="train every bias (TinyTL; add --trainable HEAD)")
     parser.add_argument("--recompute", help="recompute activations in backward: auto | blocks | sqrt | N segments")
     parser.add_argument("--micro-batches", type=int, default=1, help="split each step into this many calls")
+    parser.add_argument(
+        "--fused-update",
+        nargs="?",
+        const="input",
+        choices=("input", "constant"),
+        help="ExecuTorch: the optimizer step runs inside the training program (gradients die right after use); "
+        "the learning rate is an input of each call (default) or a constant",
+    )
     parser.add_argument("--lora-rank", type=int, help="LoRA adapters of this rank (the adapted layers freeze)")
     parser.add_argument("--lora-alpha", type=float, default=8.0, help="LoRA scaling numerator (alpha / rank)")
     parser.add_argument("--lora-target", action="append", help="fnmatch over module names (default: every fit)")

@@ -6,10 +6,11 @@ formula: each candidate is exported into a cache directory, so asking again (ano
 
 - trainable sets from most to least of the model: everything, the last half / quarter / 2 / 1 blocks (with
   the head), LoRA rank 4 on every Linear / 1x1 conv (with the head), biases + head (TinyTL), the head alone;
-- for each set, the variants from fastest to leanest: plain, recomputation, then recomputation with 2, 4,
-  ... micro-batches. The fastest is exported first and taken if it fits; else the leanest: if even it does not
-  fit, the set is skipped; otherwise a binary search finds the fastest variant that fits (memory falls along
-  that list).
+- for each set, the variants from fastest to leanest: plain, the fused update (ExecuTorch: gradients die right
+  after their update), recomputation, recomputation with the fused update, then recomputation with 2, 4, ...
+  micro-batches (which a fused update cannot accumulate). The fastest is exported first and taken if it fits;
+  else the leanest: if even it does not fit, the set is skipped; otherwise a binary search finds the fastest
+  variant that fits (memory falls, mostly, along that list).
 
 A plan fits when its predicted peak is at most ``budget * (1 - margin)``: the margin covers prediction error.
 """
@@ -30,6 +31,7 @@ from exporters.config import OptimizerConfig
 from exporters.export import ModelSpec
 from exporters.plan import TrainingPlan, export_plan
 from exporters.techniques.freeze import FreezeConfig, numbered_blocks, parameter_block
+from exporters.techniques.fused_update import FusedUpdateConfig
 from exporters.techniques.lora import LoraConfig, lora_kind
 from exporters.techniques.recompute import RecomputeConfig
 
@@ -120,10 +122,13 @@ def _has_lora_targets(model: nn.Module) -> bool:
     return any(lora_kind(module) is not None for module in model.modules())
 
 
-def variants(base: TrainingPlan, batch_size: int) -> list[TrainingPlan]:
+def variants(base: TrainingPlan, batch_size: int, backend: str) -> list[TrainingPlan]:
     """The plans for one trainable set, from fastest to leanest."""
     auto = RecomputeConfig("auto")
     plans = [base, replace(base, recompute=auto)]
+    if backend == "executorch":  # the only backend whose training graph can update parameters
+        fused = FusedUpdateConfig()
+        plans = [base, replace(base, fused_update=fused), plans[1], replace(base, recompute=auto, fused_update=fused)]
     micro = 2
     while micro <= batch_size:
         if batch_size % micro == 0:
@@ -192,7 +197,7 @@ class Planner:
             raise ValueError(f"margin must be in [0, 1), got {margin}")
         report = PlanReport(budget_bytes, margin)
         for base in trainable_sets(self.model, self.optimizer):
-            found = self._fastest_fitting(variants(base, self.batch_size), report)
+            found = self._fastest_fitting(variants(base, self.batch_size, self.backend), report)
             if found is not None:
                 report.fitting.append(found)
                 if len(report.fitting) >= top:

@@ -126,3 +126,27 @@ def test_micro_batch_accumulation_equals_full_batch(tmp_path) -> None:
     a, b = full_session.trained_parameters(), micro_session.trained_parameters()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+class DeclaredBackwards(torch.nn.Module):
+    """Modules declared in the opposite order of their use: gradients come in use order, not declaration order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(16, 10)
+        self.body = torch.nn.Linear(64, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.body(x.flatten(1))))
+
+
+def test_predict_takes_parameters_in_the_training_methods_order(tmp_path) -> None:
+    from exporters import export_bundle
+
+    torch.manual_seed(0)
+    eager = DeclaredBackwards()
+    bundle = export_bundle(eager, tmp_path, sample_shape=(1, 8, 8), batch_size=BATCH, optimizer=OptimizerConfig())
+    assert bundle.manifest.methods["predict"]["inputs"][1:3] == ["model.body.weight", "model.body.bias"]
+    session = ExecuTorchSession(bundle)
+    x = torch.rand((BATCH, 1, 8, 8))
+    torch.testing.assert_close(session.predict(x), eager(x).detach(), rtol=RTOL, atol=ATOL)

@@ -23,6 +23,8 @@ from torch import nn
 from exporters import BundleError, OptimizerConfig, export_bundle, load_bundle
 from exporters.bundle import Bundle
 from exporters.losses import encode_labels, resolve_loss
+from exporters.techniques.onnx_recompute import SESSION_CONFIG
+from exporters.techniques.recompute import RecomputeConfig
 from exporters.training_graph import prepare_for_training_export, strip_prefix
 from sdk_tools.models import MLP, MobileNetV2, SmallCNN
 from sdk_tools.runner import InputError, TrainConfig, open_session, train
@@ -425,3 +427,19 @@ def test_state_tensors_round_trip(bundles) -> None:
     assert restored.train_step(batch)[0] == session.train_step(batch)[0]
     with pytest.raises(ValueError, match="lacks parameters"):
         restored.load_state_tensors(steps, {})
+
+
+def test_recomputed_bundle_resumes_with_its_session_config(bundles) -> None:
+    bundle = bundles("mobilenet_v2", ADAMW, recompute=RecomputeConfig("blocks"))
+    assert bundle.manifest.backend_options["session_config"] == SESSION_CONFIG
+    session = OnnxRuntimeSession(bundle)
+    session.train_step(batches(bundle, 1))
+    steps, tensors = session.state_tensors()
+    restored = OnnxRuntimeSession(bundle)
+    # Restoring ORT's optimizer state recreates the sessions: they must get the entries again.
+    restored.load_state_tensors(steps, copy.deepcopy(tensors))
+    for key, value in SESSION_CONFIG.items():
+        assert restored.session_options.get_session_config_entry(key) == value
+    batch = batches(bundle, 1, seed=3)
+    assert restored.train_step(batch)[0] == session.train_step(batch)[0]
+    torch.testing.assert_close(restored.trained_parameters(), session.trained_parameters(), rtol=0, atol=0)

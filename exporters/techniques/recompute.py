@@ -10,6 +10,9 @@ memory planner derives lifetimes from node order (``exir/memory_planning.py``) a
 Run it after ``to_edge`` and before ``to_executorch``. Gradients are bit-identical: the copies run the same
 kernels on the same inputs. Where recomputation would not lower the arena (the peak lies in the forward or
 in the last segment, or backward reads nothing worth recomputing) the method is left unchanged.
+
+Where to cut (``choose_segmentation``) is backend-neutral: it reads a ``SegmentedGraph``, and
+``onnx_recompute`` makes the same choice on ONNX Runtime's training graph.
 """
 
 from __future__ import annotations
@@ -18,20 +21,23 @@ import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import torch
-from executorch.exir import EdgeProgramManager
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
 from torch.fx import Node
 
 from exporters.techniques.freeze import parameter_block
 
+if TYPE_CHECKING:
+    from executorch.exir import EdgeProgramManager
+
 logger = logging.getLogger(__name__)
 
 Segments = Literal["blocks", "sqrt", "auto"] | int
-Program = TypeVar("Program", EdgeProgramManager, ExportedProgram)
+# The segment choice is backend-neutral (ONNX Runtime uses it too): ExecuTorch is imported only to rewrite.
+Program = TypeVar("Program", "EdgeProgramManager", ExportedProgram)
 
 _GRADIENT_OUTPUTS = (OutputKind.GRADIENT_TO_PARAMETER, OutputKind.GRADIENT_TO_USER_INPUT)
 _POLICIES = ("blocks", "sqrt", "auto")
@@ -69,22 +75,37 @@ class RecomputeConfig:
 
 @dataclass(frozen=True)
 class RecomputePlan:
-    """What the pass does to one joint graph; empty ``recomputed`` means it leaves the graph unchanged."""
+    """What a recomputation pass does to one training graph (either backend's); empty ``recomputed`` means it
+    leaves the graph unchanged.
+    """
 
     segmentation: Literal["blocks", "ops"]  # what the segments were cut over
-    checkpoints: tuple[str, ...]  # forward nodes kept alive for backward as segment boundaries
-    recomputed: tuple[str, ...]  # forward nodes backward read that it now recomputes
+    checkpoints: tuple[str, ...]  # forward values kept alive for backward as segment boundaries
+    recomputed: tuple[str, ...]  # forward values backward read that it now recomputes
     copies: int  # forward nodes copied into backward (the recomputed ones and what they need)
     released_bytes: int  # size of the recomputed values no longer held from forward to backward
-    estimated_arena_bytes: tuple[int, int]  # largest sum of live arena tensors in node order, before and after
+    # The backend's estimate of the step's peak, before and after: ExecuTorch's planned arena (largest sum of
+    # live arena tensors in node order), ONNX Runtime's step workspace (``onnx_recompute.workspace_bytes``).
+    estimated_peak_bytes: tuple[int, int]
+
+    def describe(self) -> str:
+        before, after = self.estimated_peak_bytes
+        return (
+            f"{len(self.recomputed)} values recomputed ({self.copies} copies) from {len(self.checkpoints)} "
+            f"checkpoints over {self.segmentation}; estimated peak {before / 2**20:.1f} -> {after / 2**20:.1f} MiB"
+        )
 
 
-def recompute_activations(program: Program, config: RecomputeConfig) -> Program:
+def recompute_activations(program: Program, config: RecomputeConfig, gradients_consumed: bool = False) -> Program:
     """Recompute activations in each joint (training) method of ``program``: edits it in place, returns it.
 
     Methods without gradient outputs (e.g. predict) and graphs where nothing can be saved are left unchanged,
-    with a warning that says so.
+    with a warning that says so. ``gradients_consumed``: a later pass (the fused update) uses each gradient right
+    where it is computed, so gradients do not stay alive to the end of the method; the segment choice then
+    aims at the peak that is left.
     """
+    from executorch.exir import EdgeProgramManager
+
     if isinstance(program, EdgeProgramManager):
         methods = {name: program.exported_program(name) for name in sorted(program.methods)}
     else:
@@ -93,7 +114,7 @@ def recompute_activations(program: Program, config: RecomputeConfig) -> Program:
     if not joint:
         logger.warning("recompute: no method has gradient outputs; program unchanged")
     for name, ep in joint.items():
-        graph = _JointGraph(ep)
+        graph = _JointGraph(ep, gradients_consumed)
         plan, schedule = _plan(graph, config)
         if not plan.recomputed:
             logger.warning("recompute %s: nothing to recompute saves memory; method unchanged", name)
@@ -101,18 +122,7 @@ def recompute_activations(program: Program, config: RecomputeConfig) -> Program:
         _rewrite(graph, schedule)
         ep.graph_module.graph.lint()
         ep.graph_module.recompile()
-        before, after = plan.estimated_arena_bytes
-        logger.info(
-            "recompute %s: %d values recomputed (%d copies) from %d checkpoints over %s; "
-            "estimated arena %.1f -> %.1f MiB",
-            name,
-            len(plan.recomputed),
-            plan.copies,
-            len(plan.checkpoints),
-            plan.segmentation,
-            before / 2**20,
-            after / 2**20,
-        )
+        logger.info("recompute %s: %s (planned arena)", name, plan.describe())
     return program
 
 
@@ -171,11 +181,17 @@ class _JointGraph:
     later group passes through them, so recomputation stops there.
     """
 
-    def __init__(self, program: ExportedProgram) -> None:
+    def __init__(self, program: ExportedProgram, gradients_consumed: bool = False) -> None:
         self.graph = program.graph_module.graph
         signature = program.graph_signature
         outputs = self.graph.output_node().args[0]
         self.outputs = set(outputs)
+        # The values the method's end keeps alive: all outputs, or all but the gradients a fused update consumes.
+        self.kept_to_end = {
+            node
+            for spec, node in zip(signature.output_specs, outputs, strict=True)
+            if not (gradients_consumed and spec.kind in _GRADIENT_OUTPUTS)
+        }
         self.forward = _ancestors(
             node
             for spec, node in zip(signature.output_specs, outputs, strict=True)
@@ -255,14 +271,16 @@ class _JointGraph:
             for k in range(self.group[node], min(last, self.num_groups - 1)):
                 self.crossing[k].append(node)
 
-    def saved_bytes_per_group(self) -> list[int]:
-        sizes = [0] * self.num_groups
-        for node in self.readers:
-            if self.group.get(node, -1) >= 0:
-                sizes[self.group[node]] += _nbytes(node)
-        return sizes
+    def nbytes(self, node: Node) -> int:
+        return _nbytes(node)
 
-    def recomputable(self, node: Node, segmentation: _Segmentation) -> bool:
+    def flops(self, node: Node) -> int:
+        return _flops(node)
+
+    def arena_after(self, segmentation: Segmentation) -> int:
+        return _estimated_arena(self, _best_schedule(self, segmentation))
+
+    def recomputable(self, node: Node, segmentation: Segmentation) -> bool:
         return (
             node in self.forward
             and node not in segmentation.checkpoints
@@ -283,9 +301,30 @@ def _ancestors(roots: Iterable[Node]) -> set[Node]:
 
 
 @dataclass(frozen=True)
-class _Segmentation:
-    checkpoints: frozenset[Node]  # values kept from forward to backward
+class Segmentation:
+    checkpoints: frozenset[Any]  # values kept from forward to backward (graph nodes of the backend's graph)
     recomputed_groups: frozenset[int]  # groups whose other values backward reads are recomputed
+
+
+class SegmentedGraph(Protocol):
+    """What the segment choice reads from a training graph, whatever the backend's graph: the forward's groups
+    (blocks, or forward ops in order), the values each cut keeps, and the bytes and compute of values.
+    """
+
+    blocks: bool  # groups are numbered blocks, not single ops
+    num_groups: int
+    activations: list[Any]  # forward values that depend on a user input, in forward order
+    group: dict[Any, int]  # forward value -> its group
+    readers: dict[Any, list[Any]]  # forward value -> the backward nodes that read it
+    crossing: list[list[Any]]  # the values a cut after group k keeps from forward to backward
+
+    def nbytes(self, value: Any) -> int: ...
+
+    def flops(self, value: Any) -> int: ...
+
+    def arena_after(self, segmentation: Segmentation) -> int:
+        """The estimated peak workspace once ``segmentation`` is applied (with its best schedule)."""
+        ...
 
 
 @dataclass
@@ -295,7 +334,7 @@ class _Schedule:
     the copy instead.
     """
 
-    segmentation: _Segmentation
+    segmentation: Segmentation
     targets: list[Node] = field(default_factory=list)  # values backward read that it will recompute
     steps: list[tuple[Node, Node, bool]] = field(default_factory=list)
     redirected: set[tuple[Node, Node]] = field(default_factory=set)
@@ -305,7 +344,7 @@ class _Schedule:
         return sum(not moved for _, _, moved in self.steps)
 
 
-def _schedule(graph: _JointGraph, segmentation: _Segmentation, hoist: bool) -> _Schedule:
+def _schedule(graph: _JointGraph, segmentation: Segmentation, hoist: bool) -> _Schedule:
     """Each copy goes right before the first backward node that needs it, and copies are shared: each forward
     node is recomputed at most once. Recomputation stops at checkpoints, placeholders and kept values.
 
@@ -362,7 +401,7 @@ def _schedule(graph: _JointGraph, segmentation: _Segmentation, hoist: bool) -> _
     return schedule
 
 
-def _best_schedule(graph: _JointGraph, segmentation: _Segmentation) -> _Schedule:
+def _best_schedule(graph: _JointGraph, segmentation: Segmentation) -> _Schedule:
     """Hoisting mask-like nodes helps where they free a copy and costs where the copy stays alive anyway."""
     plain, hoisted = (_schedule(graph, segmentation, hoist) for hoist in (False, True))
     return hoisted if _estimated_arena(graph, hoisted) < _estimated_arena(graph, plain) else plain
@@ -400,6 +439,8 @@ def _estimated_arena(graph: _JointGraph, schedule: _Schedule | None) -> int:
     def reads(node: Node) -> list[Any]:
         return [("copy", arg) if (node, arg) in redirected else arg for arg in node.all_input_nodes]
 
+    kept = graph.kept_to_end
+
     # A value is a node or ("copy", node); each row lists the values one node writes and reads.
     rows: list[list[Any]] = []
     for node in graph.graph.nodes:
@@ -409,7 +450,7 @@ def _estimated_arena(graph: _JointGraph, schedule: _Schedule | None) -> int:
             else:
                 rows.append([("copy", item), *(("copy", a) if a in copied else a for a in item.all_input_nodes)])
         if node not in moved_nodes:
-            rows.append([node, *reads(node)] if node.op != "output" else reads(node))
+            rows.append([node, *reads(node)] if node.op != "output" else [v for v in reads(node) if v in kept])
     first: dict[Any, int] = {}
     last: dict[Any, int] = {}
     for i, values in enumerate(rows):
@@ -438,7 +479,7 @@ def _plan(graph: _JointGraph, config: RecomputeConfig) -> tuple[RecomputePlan, _
     """The plan and its schedule; an empty one where recomputation would not lower the estimated arena
     (the peak lies where nothing is recomputed, e.g. in the forward or the last segment).
     """
-    schedule = _best_schedule(graph, _choose(graph, config))
+    schedule = _best_schedule(graph, choose_segmentation(graph, config))
     before = _estimated_arena(graph, None)
     after = _estimated_arena(graph, schedule)
     if after >= before:
@@ -450,22 +491,31 @@ def _plan(graph: _JointGraph, config: RecomputeConfig) -> tuple[RecomputePlan, _
         recomputed=tuple(n.name for n in schedule.targets),
         copies=schedule.copies,
         released_bytes=sum(_nbytes(n) for n in schedule.targets),
-        estimated_arena_bytes=(before, after),
+        estimated_peak_bytes=(before, after),
     )
     return plan, schedule
 
 
-def _segmentation(graph: _JointGraph, cuts: list[int], kept: Iterable[int] = ()) -> _Segmentation:
+def _segmentation(graph: SegmentedGraph, cuts: list[int], kept: Iterable[int] = ()) -> Segmentation:
     """Checkpoints at ``cuts`` (after those groups); the segments before the last cut are recomputed, except
     those numbered in ``kept``.
     """
     bounds = [-1, *sorted(cuts)]
     skip = set(kept)
     groups = {g for i in range(len(cuts)) if i not in skip for g in range(bounds[i] + 1, bounds[i + 1] + 1)}
-    return _Segmentation(frozenset(n for k in cuts for n in graph.crossing[k]), frozenset(groups))
+    return Segmentation(frozenset(n for k in cuts for n in graph.crossing[k]), frozenset(groups))
 
 
-def _balanced_cuts(graph: _JointGraph, segments: int) -> list[int]:
+def _saved_bytes_per_group(graph: SegmentedGraph) -> list[int]:
+    """Bytes of the forward values backward reads, by the group that computes them."""
+    sizes = [0] * graph.num_groups
+    for value in graph.readers:
+        if graph.group.get(value, -1) >= 0:
+            sizes[graph.group[value]] += graph.nbytes(value)
+    return sizes
+
+
+def _balanced_cuts(graph: SegmentedGraph, segments: int) -> list[int]:
     """``segments - 1`` cuts balancing the bytes backward reads per segment, preferring small checkpoints.
 
     Both terms of the choice are bytes: a cut's distance from the even split, and its checkpoints' size.
@@ -473,9 +523,9 @@ def _balanced_cuts(graph: _JointGraph, segments: int) -> list[int]:
     candidates = len(graph.crossing)
     if segments - 1 >= candidates:
         return list(range(candidates))
-    sizes = graph.saved_bytes_per_group()
+    sizes = _saved_bytes_per_group(graph)
     cumulative = [sum(sizes[: k + 1]) for k in range(candidates)]
-    cost = [sum(_nbytes(n) for n in nodes) for nodes in graph.crossing]
+    cost = [sum(graph.nbytes(n) for n in nodes) for nodes in graph.crossing]
     cuts: list[int] = []
     for j in range(1, segments):
         target = sum(sizes) * j / segments
@@ -484,9 +534,10 @@ def _balanced_cuts(graph: _JointGraph, segments: int) -> list[int]:
     return cuts
 
 
-def _choose(graph: _JointGraph, config: RecomputeConfig) -> _Segmentation:
+def choose_segmentation(graph: SegmentedGraph, config: RecomputeConfig) -> Segmentation:
+    """Where ``config`` cuts the forward of ``graph`` and which segments backward recomputes."""
     if not graph.crossing:
-        return _Segmentation(frozenset(), frozenset())
+        return Segmentation(frozenset(), frozenset())
     policy = config.segments
     if policy in ("blocks", "auto") and not graph.blocks:
         policy = "sqrt"
@@ -501,20 +552,20 @@ def _choose(graph: _JointGraph, config: RecomputeConfig) -> _Segmentation:
     return _segmentation(graph, cuts)
 
 
-def _keep_cheap_segments(graph: _JointGraph, cuts: list[int]) -> _Segmentation:
+def _keep_cheap_segments(graph: SegmentedGraph, cuts: list[int]) -> Segmentation:
     """Stop recomputing segments whose values do not set the peak, most compute per byte released first."""
     segmentation = _segmentation(graph, cuts)
     bounds = [-1, *cuts]
     compute_per_byte: dict[int, float] = {}
     for i in range(len(cuts)):
         nodes = [n for n in graph.activations if bounds[i] < graph.group[n] <= bounds[i + 1]]
-        released = sum(_nbytes(n) for n in nodes if n in graph.readers and n not in segmentation.checkpoints)
-        compute_per_byte[i] = sum(_flops(n) for n in nodes) / max(released, 1)
-    best = _estimated_arena(graph, _best_schedule(graph, segmentation))
+        released = sum(graph.nbytes(n) for n in nodes if n in graph.readers and n not in segmentation.checkpoints)
+        compute_per_byte[i] = sum(graph.flops(n) for n in nodes) / max(released, 1)
+    best = graph.arena_after(segmentation)
     kept: list[int] = []
     for segment in sorted(compute_per_byte, key=compute_per_byte.__getitem__, reverse=True):
         trial = _segmentation(graph, cuts, [*kept, segment])
-        if _estimated_arena(graph, _best_schedule(graph, trial)) <= best:
+        if graph.arena_after(trial) <= best:
             kept.append(segment)
             segmentation = trial
     return segmentation

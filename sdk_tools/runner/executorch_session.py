@@ -3,6 +3,9 @@
 Outputs are read without cloning: gradients alias the method's planned arena and parameters alias the
 program's weights, as in a C++ app. The optimizer consumes the gradients before the next call overwrites
 them, so no gradient copies exist unless micro-batches must be accumulated.
+
+Bundles exported with ``fused_update`` (``backend_options.optimizer_runs_in == "program"``) get a
+``FusedExecuTorchSession``: the training method updates the weights itself and returns no gradients.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from executorch.extension.pybindings.portable_lib import _load_for_executorch
 
 from exporters.bundle import Bundle
 from exporters.config import OptimizerConfig
+from exporters.techniques.fused_update import LR_INPUT, STATE_PREFIX
 from sdk_tools.runner.optim import Optimizer
 from sdk_tools.runner.session import TORCH_DTYPES, TrainingSession
 
@@ -20,7 +24,17 @@ PARAMETERS_INDEX = "__et_training_parameters_index_"
 FQN = "__et_training_fqn_"
 
 
+def optimizer_runs_in_program(bundle: Bundle) -> bool:
+    return bundle.manifest.backend_options.get("optimizer_runs_in") == "program"
+
+
 class ExecuTorchSession(TrainingSession):
+    def __new__(cls, bundle: Bundle) -> ExecuTorchSession:
+        # One entry point for both kinds of ExecuTorch bundle (open_session, the worker, the apps' host runs).
+        if cls is ExecuTorchSession and optimizer_runs_in_program(bundle):
+            cls = FusedExecuTorchSession
+        return super().__new__(cls)
+
     def __init__(self, bundle: Bundle) -> None:
         super().__init__(bundle)
         methods = self.manifest.methods
@@ -29,14 +43,18 @@ class ExecuTorchSession(TrainingSession):
         # Module, not _load_program + load_method: methods loaded one by one from a program share planned
         # memory in 1.5.1, so running predict overwrote the training method's weights (measured).
         self._module = _load_for_executorch(str(bundle.path("program")))
-        self._grad_start = self._meta(GRADIENTS_INDEX)[0]
-        self._param_start = self._meta(PARAMETERS_INDEX)[0]
-        self._names: list[str] = list(self._meta(FQN))
+        self._names = self._trained_names()
         expected = [p.name for p in self.manifest.trainable]
         if self._names != expected:
             raise RuntimeError(f"program trains {self._names[:3]}..., the manifest lists {expected[:3]}...")
         self._params: dict[str, torch.Tensor] | None = None
         self.optimizer: Optimizer | None = None
+
+    def _trained_names(self) -> list[str]:
+        """The trained parameters in output order; records where gradients and parameters start."""
+        self._grad_start = self._meta(GRADIENTS_INDEX)[0]
+        self._param_start = self._meta(PARAMETERS_INDEX)[0]
+        return list(self._meta(FQN))
 
     def _meta(self, prefix: str) -> list:
         return self._module.run_method(prefix + self._train_name, ())
@@ -124,3 +142,101 @@ class ExecuTorchSession(TrainingSession):
         self.optimizer.load_state(
             steps, {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
         )
+
+
+class FusedExecuTorchSession(ExecuTorchSession):
+    """A program that applies the optimizer itself: each call of the training method is one optimizer step.
+
+    The method takes the step number (and the learning rate, unless the export baked it in) and returns the
+    loss, the logits, then its parameters and optimizer state. Those outputs alias the program's mutable
+    buffers, so reading them reads the live weights and writing them (resume) changes what the next step
+    trains. Step 0 runs forward and backward without changing anything: that is how the session gets the
+    buffers before the first step.
+    """
+
+    def __init__(self, bundle: Bundle) -> None:
+        train = bundle.manifest.methods["train"]
+        self._inputs: list[str] = train["inputs"]
+        self._buffer_names: list[str] = train["outputs"][2:]
+        self._buffers: dict[str, torch.Tensor] | None = None
+        self._lr = OptimizerConfig.from_json(bundle.manifest.optimizer).lr
+        self.steps = 0
+        super().__init__(bundle)
+
+    def _trained_names(self) -> list[str]:
+        return [name for name in self._buffer_names if not name.startswith(STATE_PREFIX)]
+
+    @property
+    def lr(self) -> float:
+        """Learning rate of the next steps; set it to schedule (only where the program takes it as an input)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        if LR_INPUT not in self._inputs:
+            raise ValueError(
+                "this bundle's learning rate is a constant of the program; export it with "
+                "FusedUpdateConfig(learning_rate='input') to schedule it"
+            )
+        self._lr = value
+
+    def _call(self, inputs: torch.Tensor, labels: torch.Tensor, step: int) -> list[torch.Tensor]:
+        self.check_batch(inputs, labels)
+        extra = [torch.tensor(self._lr, dtype=torch.float32)] if LR_INPUT in self._inputs else []
+        args = (inputs, labels, *extra, torch.tensor(step, dtype=torch.int64))
+        outputs = self._module.run_method(self._train_name, args, clone_outputs=False)
+        if self._buffers is None:
+            self._buffers = dict(zip(self._buffer_names, outputs[2:], strict=True))
+            self._params = {name: self._buffers[name] for name in self._names}
+        return outputs
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        if self._buffers is None:
+            self._call(torch.zeros(self.manifest.inputs[0].shape), self._zero_labels(), step=0)
+            assert self._buffers is not None
+            with torch.no_grad():
+                # The dry run left values in the state buffers that the next step ignores; a checkpoint taken
+                # before it should hold torch's initial state.
+                for name, tensor in self._buffers.items():
+                    if name.startswith(STATE_PREFIX):
+                        tensor.zero_()
+        return self._buffers
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        self._state()
+        assert self._params is not None
+        return self._params
+
+    def forward_backward(
+        self, inputs: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[float, torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError(
+            "this bundle applies the optimizer inside the program and returns no gradients; export it without "
+            "fused_update to read gradients"
+        )
+
+    def train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, torch.Tensor]:
+        if len(micro_batches) != 1:
+            raise ValueError(
+                f"got {len(micro_batches)} micro-batches: a program that applies the optimizer itself steps on "
+                "every call, so it takes exactly one batch per step"
+            )
+        [(inputs, labels)] = micro_batches
+        outputs = self._call(inputs, labels, self.steps + 1)
+        self.steps += 1
+        return float(outputs[0]), outputs[1].clone()
+
+    def state_tensors(self) -> tuple[int, dict[str, torch.Tensor]]:
+        return self.steps, dict(self._state())
+
+    def load_state_tensors(self, steps: int, tensors: dict[str, torch.Tensor]) -> None:
+        buffers = self._state()
+        missing = [name for name in buffers if name not in tensors]
+        if missing:
+            raise ValueError(
+                f"checkpoint lacks {missing[:3]}: it belongs to another bundle or was saved with another optimizer"
+            )
+        with torch.no_grad():
+            for name, tensor in buffers.items():
+                tensor.copy_(tensors[name])
+        self.steps = steps
