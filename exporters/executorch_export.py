@@ -4,10 +4,14 @@ Pipeline: ``torch.export`` (strict) -> ``_export_forward_backward`` (joint graph
 per trainable parameter) -> ``to_edge`` with both methods -> memory techniques on the edge program
 (recomputation, then the fused optimizer update) -> ``to_executorch`` with explicitly configured memory planning.
 The planned arena (``non_const_buffer_sizes``) of each method is recorded.
+
+Speed routes (``SpeedConfig``): trainable 1x1 convolutions are rewritten as matmuls on a copy of the model before
+``torch.export``, and the frozen part is lowered to XNNPACK in place of ``to_edge`` (``to_edge_transform_and_lower``).
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,9 @@ from exporters.config import OptimizerConfig
 from exporters.losses import LossSpec
 from exporters.memory_profile import profile_planned_method
 from exporters.techniques.fused_update import INPUT_DESCRIPTIONS, FusedUpdateConfig, fuse_optimizer_update
+from exporters.techniques.pointwise_linear import rewrite_pointwise_convs
 from exporters.techniques.recompute import RecomputeConfig, recompute_activations
+from exporters.techniques.speed_routes import SpeedConfig
 from exporters.training_graph import PredictStep, TrainStep, strip_prefix, trainable_parameters
 
 PROGRAM_FILE = "model.pte"
@@ -41,6 +47,7 @@ PREDICT_METHOD = "predict"
 # (`memwall measure` on an exported MLP bundle, 10 steps, this machine).
 RUNTIME_OVERHEAD_BYTES = 6 * 2**20 + 512 * 2**10
 
+PERFORMANCE_CORES = "performance_cores"
 MEMORY_PLANNING = {"algorithm": "greedy", "alloc_graph_input": True, "alloc_graph_output": True}
 
 
@@ -78,16 +85,37 @@ def export_executorch(
     out_dir: Path,
     recompute: RecomputeConfig | None = None,
     fused_update: FusedUpdateConfig | None = None,
+    speed: SpeedConfig | None = None,
 ) -> BackendArtifacts:
     """Write the training program. The optimizer runs in the app (the runtime has SGD only), or with
-    ``fused_update`` in the program itself.
+    ``fused_update`` in the program itself. ``speed``: the speed routes to take (each only where it applies).
     """
+    speed = speed or SpeedConfig.off()
+    applied: list[dict[str, Any]] = []
+    if speed.pointwise_linear is not None:
+        model = copy.deepcopy(model)  # parameter names and shapes stay: the manifest and checkpoints do not change
+        rewritten = rewrite_pointwise_convs(model, speed.pointwise_linear, sample=inputs)
+        if rewritten:
+            applied.append(
+                {"name": "pointwise_linear", "config": {**speed.pointwise_linear.to_json(), "layers": len(rewritten)}}
+            )
     joint = export_joint_graph(model, loss, inputs, labels)
     predict = export_predict_graph(model, inputs, [strip_prefix(n) for n in gradient_order(joint)])
-    edge = to_edge(
-        {TRAIN_METHOD: joint, PREDICT_METHOD: predict},
-        compile_config=EdgeCompileConfig(_check_ir_validity=False),
-    )
+    methods = {TRAIN_METHOD: joint, PREDICT_METHOD: predict}
+    delegates: dict[str, int] = {}
+    delegate_bytes = {TRAIN_METHOD: 0, PREDICT_METHOD: 0}
+    if speed.xnnpack_frozen is not None and any(not p.requires_grad for p in model.parameters()):
+        from exporters.techniques.xnnpack_frozen import delegate_count, delegate_memory_bytes, lower_frozen_to_xnnpack
+
+        edge = lower_frozen_to_xnnpack(methods, speed.xnnpack_frozen)
+        delegates = delegate_count(edge)
+        if any(delegates.values()):
+            delegate_bytes = delegate_memory_bytes(edge)
+            applied.append(
+                {"name": "xnnpack_frozen", "config": {**speed.xnnpack_frozen.to_json(), "delegates": delegates}}
+            )
+    else:
+        edge = to_edge(methods, compile_config=EdgeCompileConfig(_check_ir_validity=False))
     if recompute is not None:
         # First: recomputation finds the forward through the gradient outputs that the fused update removes.
         # Only methods with gradients are edited.
@@ -103,7 +131,13 @@ def export_executorch(
     atomic_write_bytes(out_dir / PROGRAM_FILE, program.buffer)
     trainable = gradient_order(joint)
     train = {"name": TRAIN_METHOD, "inputs": ["input", "label"], "outputs": ["loss", "logits"]}
-    options: dict[str, Any] = {"memory_planning": MEMORY_PLANNING, "optimizer_runs_in": "app"}
+    options: dict[str, Any] = {
+        "memory_planning": MEMORY_PLANNING,
+        "optimizer_runs_in": "app",
+        "runtime": runtime_requirements(
+            xnnpack=any(delegates.values()), optimized=any(t["name"] == "pointwise_linear" for t in applied)
+        ),
+    }
     if fused is not None:
         train["inputs"] += fused.added_inputs
         train["outputs"] += fused.buffers
@@ -117,8 +151,10 @@ def export_executorch(
             "train": train,
             "predict": {"name": PREDICT_METHOD, "inputs": ["input", *trainable], "outputs": ["logits"]},
         },
-        predict_arena_bytes=arenas[PREDICT_METHOD],
+        # XNNPACK's memory for the predict method exists only once the app evaluates, like its arena.
+        predict_arena_bytes=arenas[PREDICT_METHOD] + delegate_bytes[PREDICT_METHOD],
         runtime_overhead_bytes=RUNTIME_OVERHEAD_BYTES,
+        delegate_memory_bytes=delegate_bytes[TRAIN_METHOD],
         # The profile finds weights and gradients through the gradient outputs, which a fused program has not.
         memory_profile=None
         if fused is not None
@@ -127,4 +163,21 @@ def export_executorch(
         optimizer_state_tensors=0 if fused is not None else None,
         consumes_gradients=fused is not None,
         backend_options=options,
+        techniques=applied,
     )
+
+
+def runtime_requirements(*, xnnpack: bool, optimized: bool) -> dict[str, Any]:
+    """What the app's ExecuTorch runtime must provide (``backend_options.runtime``).
+
+    ``backends``: delegates the program calls; a runtime without them fails to load it (the stock Android
+    ``executorch-android`` AAR and the Python pybindings include XNNPACK). ``kernels``: the kernel library the
+    program's speed assumes (``optimized``: ``mm``/``bmm``/``addmm`` with BLAS; the portable library computes the
+    same values, slowly). ``threads``: the size to give ExecuTorch's thread pool before the first program loads
+    (only XNNPACK and optimized kernels use it): one per performance core with XNNPACK delegates, else 1.
+    """
+    return {
+        "backends": ["XnnpackBackend"] if xnnpack else [],
+        "kernels": "optimized" if optimized else "portable",
+        "threads": PERFORMANCE_CORES if xnnpack else 1,
+    }

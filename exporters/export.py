@@ -31,6 +31,7 @@ from exporters.losses import encode_labels, resolve_loss
 from exporters.memory_profile import PROFILE_FILE
 from exporters.techniques.fused_update import FusedUpdateConfig
 from exporters.techniques.recompute import RecomputeConfig
+from exporters.techniques.speed_routes import SpeedConfig
 from exporters.training_graph import MODEL_PREFIX, prepare_for_training_export
 
 DTYPE_NAMES = {torch.float32: "float32", torch.int64: "int64", torch.float16: "float16", torch.int32: "int32"}
@@ -78,6 +79,7 @@ def estimate_memory(
         + optimizer_bytes
         + accumulation_bytes
         + artifacts.runtime_overhead_bytes
+        + artifacts.delegate_memory_bytes
     )
     return MemoryEstimate(
         planned_arena_bytes=artifacts.planned_arena_bytes,
@@ -90,11 +92,12 @@ def estimate_memory(
         predicted_peak_bytes=peak,
         notes=(
             "peak = planned arena (incl. trainable weights and gradients) + evaluation arena + program files "
-            "+ optimizer state + gradient accumulation + runtime overhead"
+            "+ optimizer state + gradient accumulation + runtime overhead + delegate (XNNPACK) memory"
         ),
         frozen_parameter_bytes=_tensor_bytes([p for p in model.parameters() if not p.requires_grad]),
         evaluation_arena_bytes=artifacts.predict_arena_bytes,
         gradient_accumulation_bytes=accumulation_bytes,
+        delegate_bytes=artifacts.delegate_memory_bytes,
     )
 
 
@@ -114,12 +117,14 @@ def export_bundle(
     micro_batches: int = 1,
     recompute: RecomputeConfig | None = None,
     fused_update: FusedUpdateConfig | None = None,
+    speed: SpeedConfig | None = None,
     overwrite: bool = False,
 ) -> Bundle:
     """Export ``model`` for on-device training; parameters with ``requires_grad=False`` stay frozen.
 
     The model is copied and prepared as it trains on device (BatchNorm frozen, eval mode); the original is
-    not modified.
+    not modified. ``speed``: ExecuTorch speed routes (off unless given; ``SpeedConfig()`` takes each where it
+    applies; the manifest's ``techniques`` lists those that did).
     """
     optimizer = optimizer or OptimizerConfig()
     out = Path(out_dir)
@@ -142,6 +147,11 @@ def export_bundle(
             f"fused_update is not possible on the {backend} backend (its optimizer is a separate model that runs "
             "after the training graph); use backend='executorch', or drop fused_update"
         )
+    if speed is not None and speed.enabled and backend != "executorch":
+        raise ValueError(
+            f"speed routes are ExecuTorch program rewrites; the {backend} backend has no use for them: "
+            "use backend='executorch', or speed=None (CLI: --no-speed-routes)"
+        )
     loss_spec = resolve_loss(loss)
     prepared = prepare_for_training_export(model)
     step_batch = batch_size // micro_batches
@@ -161,7 +171,10 @@ def export_bundle(
     if fused_update is not None:
         exporter = functools.partial(exporter, fused_update=fused_update)
         techniques.append({"name": "fused_update", "config": fused_update.to_json()})
+    if speed is not None and speed.enabled:
+        exporter = functools.partial(exporter, speed=speed)
     artifacts = exporter(prepared, loss_spec, inputs, labels, optimizer, out)
+    techniques += artifacts.techniques
     roles = dict(artifacts.files)
     if artifacts.memory_profile is not None:
         profile = json.dumps(artifacts.memory_profile.to_json(), separators=(",", ":")).encode()

@@ -4,7 +4,8 @@ applies one, and the manifest records it (``techniques``), so an app or the lab 
 Model transforms run on a copy of the model in a fixed order: LoRA adapters, freezing (the adapters stay
 trainable), int8 storage of the frozen weights. Then the exporter's graph passes (recompute) run on the
 exported training graph; micro-batching and the optimizer shape the training step, and the fused update
-moves the optimizer into the training program (ExecuTorch).
+moves the optimizer into the training program (ExecuTorch). Speed routes (ExecuTorch) rewrite trainable 1x1
+convolutions and lower the frozen part to XNNPACK inside the exporter; the manifest lists those that applied.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from exporters.techniques.fused_update import FusedUpdateConfig
 from exporters.techniques.int8_weights import Int8WeightsConfig, dequantize_weights, quantize_frozen_weights
 from exporters.techniques.lora import ADAPTERS, LoraConfig, apply_lora, merge_lora
 from exporters.techniques.recompute import RecomputeConfig
+from exporters.techniques.speed_routes import SpeedConfig
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class TrainingPlan:
     lora: LoraConfig | None = None
     int8_frozen: Int8WeightsConfig | None = None
     fused_update: FusedUpdateConfig | None = None
+    speed: SpeedConfig | None = None  # ExecuTorch speed routes; None: none
 
     def __post_init__(self) -> None:
         if self.micro_batches < 1:
@@ -57,6 +60,8 @@ class TrainingPlan:
             parts.append(f"recompute {self.recompute.segments}")
         if self.micro_batches > 1:
             parts.append(f"{self.micro_batches} micro-batches")
+        if self.speed is not None and self.speed.enabled:
+            parts.append(self.speed.describe())
         return ", ".join(parts)
 
     def techniques(self) -> list[dict[str, Any]]:
@@ -89,6 +94,7 @@ class TrainingPlan:
             "lora": self.lora.to_json() if self.lora else None,
             "int8_frozen": self.int8_frozen.to_json() if self.int8_frozen else None,
             "fused_update": self.fused_update.to_json() if self.fused_update else None,
+            "speed": self.speed.to_json() if self.speed else None,
         }
 
     @classmethod
@@ -101,6 +107,7 @@ class TrainingPlan:
             lora=LoraConfig.from_json(data["lora"]) if data.get("lora") else None,
             int8_frozen=Int8WeightsConfig.from_json(data["int8_frozen"]) if data.get("int8_frozen") else None,
             fused_update=FusedUpdateConfig.from_json(data["fused_update"]) if data.get("fused_update") else None,
+            speed=SpeedConfig.from_json(data["speed"]) if data.get("speed") else None,
         )
 
 
@@ -155,5 +162,6 @@ def export_plan(
         micro_batches=plan.micro_batches,
         recompute=plan.recompute,
         fused_update=plan.fused_update,
+        speed=plan.speed,
         overwrite=overwrite,
     )

@@ -27,6 +27,7 @@ LABELS = {
     "workspace": "transient workspace (incl. batch, fragmentation)",
     "evaluation": "evaluation workspace (predict method)",
     "accumulation": "gradient accumulation (micro-batches)",
+    "delegate": "XNNPACK packed weights + workspace",
     "runtime_overhead": "runtime overhead (calibrated)",
 }
 
@@ -79,6 +80,7 @@ def analyze_bundle(bundle: Bundle) -> Analysis:
         "optimizer_state": mem.optimizer_state_bytes,
         "evaluation": mem.evaluation_arena_bytes,
         "accumulation": mem.gradient_accumulation_bytes,
+        "delegate": mem.delegate_bytes,
         "runtime_overhead": mem.runtime_overhead_bytes,
     }
     ordered = {key: components.get(key, 0) for key in LABELS}

@@ -76,7 +76,15 @@ def _plan(args: argparse.Namespace) -> Any:
     from exporters.techniques.fused_update import FusedUpdateConfig
 
     fused = FusedUpdateConfig(args.fused_update) if args.fused_update else None
-    return TrainingPlan(freeze, _optimizer(args), args.micro_batches, recompute, lora, int8, fused)
+    return TrainingPlan(freeze, _optimizer(args), args.micro_batches, recompute, lora, int8, fused, _speed(args))
+
+
+def _speed(args: argparse.Namespace) -> Any:
+    """ExecuTorch speed routes: on by default for ExecuTorch (each where it applies), off for ONNX Runtime."""
+    from exporters.techniques.speed_routes import SpeedConfig
+
+    routes = args.speed_routes if args.speed_routes is not None else args.backend == "executorch"
+    return SpeedConfig() if routes else None
 
 
 def _export_model(args: argparse.Namespace, out: str | Path) -> Bundle:
@@ -110,6 +118,7 @@ def _planner(args: argparse.Namespace) -> Any:
         Path(args.work_dir),
         model_spec=ModelSpec(args.model, args.model_kwargs),
         loss=args.loss,
+        speed=_speed(args),
     )
 
 
@@ -420,6 +429,12 @@ def _add_plan_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int8-frozen", action="store_true", help="store frozen Linear/Conv weights as int8")
     parser.add_argument("--int8-target", action="append", help="fnmatch over module names for --int8-frozen")
     parser.add_argument("--int8-per-tensor", action="store_true", help="one int8 scale per tensor, not per channel")
+    parser.add_argument(
+        "--speed-routes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ExecuTorch: trainable 1x1 convs as matmuls, frozen part on XNNPACK (default: on for executorch)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -451,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_parse_size, required=True, help="memory the app may use, e.g. 48MB")
     p.add_argument("--margin", type=float, default=0.1, help="headroom for prediction error (fraction of budget)")
     p.add_argument("--top", type=int, default=3, help="how many plans to show")
+    p.add_argument(
+        "--speed-routes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="export every candidate with the ExecuTorch speed routes (default: on for executorch)",
+    )
     p.add_argument("--work-dir", default="memwall_runs/plans", help="cache of candidate bundles")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)

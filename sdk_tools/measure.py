@@ -84,7 +84,7 @@ def measure_training(
             if cap_bytes
             else None
         )
-        request.write_text(json.dumps({"bundle": str(bundle.directory), "config": cfg, "cap": cap}))
+        request.write_text(json.dumps({"bundle": str(bundle.directory), "config": cfg, "cap": cap, "threads": threads}))
         env = dict(os.environ)
         if threads:
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))

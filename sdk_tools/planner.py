@@ -34,6 +34,7 @@ from exporters.techniques.freeze import FreezeConfig, numbered_blocks, parameter
 from exporters.techniques.fused_update import FusedUpdateConfig
 from exporters.techniques.lora import LoraConfig, lora_kind
 from exporters.techniques.recompute import RecomputeConfig
+from exporters.techniques.speed_routes import SpeedConfig
 
 
 class NoPlanFitsError(ValueError):
@@ -147,6 +148,7 @@ class Planner:
     work_dir: Path
     model_spec: ModelSpec | None = None
     loss: str = "cross_entropy"
+    speed: SpeedConfig | None = None  # speed routes every candidate is exported with
     log: Callable[[str], None] = field(default=lambda message: print(f"[memwall plan] {message}", file=sys.stderr))
 
     def __post_init__(self) -> None:
@@ -159,6 +161,8 @@ class Planner:
 
     def candidate(self, plan: TrainingPlan) -> Candidate | None:
         """The plan exported (or found in the cache); None where the backend cannot apply it."""
+        if plan.speed is None and self.speed is not None:
+            plan = replace(plan, speed=self.speed)
         key = hashlib.sha256(
             json.dumps(
                 [plan.to_json(), self._weights, list(self.sample_shape), self.batch_size, self.backend, self.loss]

@@ -6,12 +6,26 @@ them, so no gradient copies exist unless micro-batches must be accumulated.
 
 Bundles exported with ``fused_update`` (``backend_options.optimizer_runs_in == "program"``) get a
 ``FusedExecuTorchSession``: the training method updates the weights itself and returns no gradients.
+
+Threads: ExecuTorch's thread pool (used by XNNPACK and optimized kernels only) is process-wide and must be sized
+before the first program loads (resizing it under a loaded program crashed the process, measured on 1.5.1):
+``configure_runtime`` sizes it once, from the caller's ``threads`` or the manifest's
+``backend_options.runtime.threads``, and checks that the backends the program calls are registered.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+from typing import Any
+
 import torch
-from executorch.extension.pybindings.portable_lib import _load_for_executorch
+from executorch.extension.pybindings.portable_lib import (
+    _get_registered_backend_names,
+    _load_for_executorch,
+    _threadpool_get_thread_count,
+    _unsafe_reset_threadpool,
+)
 
 from exporters.bundle import Bundle
 from exporters.config import OptimizerConfig
@@ -24,25 +38,72 @@ PARAMETERS_INDEX = "__et_training_parameters_index_"
 FQN = "__et_training_fqn_"
 
 
+_PROGRAM_LOADED = False  # whether this process has loaded a program through this module (the pool is then fixed)
+
+
 def optimizer_runs_in_program(bundle: Bundle) -> bool:
     return bundle.manifest.backend_options.get("optimizer_runs_in") == "program"
 
 
+def runtime_requirements(bundle: Bundle) -> dict[str, Any]:
+    """``backend_options.runtime`` (bundles exported before it: portable kernels, one thread, no delegates)."""
+    return {"backends": [], "kernels": "portable", "threads": 1, **bundle.manifest.backend_options.get("runtime", {})}
+
+
+def resolve_threads(hint: int | str) -> int:
+    """A thread count from the manifest's hint: ``performance_cores`` is every core this process may use on a host
+    (phones: ExecuTorch's ``cpuinfo`` count of performance cores)."""
+    if isinstance(hint, int):
+        return max(1, hint)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def configure_runtime(bundle: Bundle, threads: int | None = None) -> int:
+    """Check the program's backends are registered; size the thread pool if no program is loaded yet.
+
+    ``threads``: the caller's choice (measure/train ``--threads``); else the manifest's hint, and then only
+    grown (a larger default pool is left as it is). Returns the pool's size.
+    """
+    needs = runtime_requirements(bundle)
+    missing = sorted(set(needs["backends"]) - set(_get_registered_backend_names()))
+    if missing:
+        raise RuntimeError(
+            f"this program calls the {', '.join(missing)} delegate, which this ExecuTorch runtime lacks: use a "
+            "runtime built with it (the pybindings and the Android AAR include XNNPACK), or re-export the bundle "
+            "without speed routes (--no-speed-routes)"
+        )
+    current = _threadpool_get_thread_count()
+    wanted = threads if threads is not None else max(current, resolve_threads(needs["threads"]))
+    if wanted != current:
+        if _PROGRAM_LOADED:
+            print(
+                f"[memwall] ExecuTorch's thread pool stays at {current} threads ({wanted} asked): it can only be "
+                "sized before the first program loads in a process",
+                file=sys.stderr,
+            )
+        else:
+            _unsafe_reset_threadpool(wanted)
+    return _threadpool_get_thread_count()
+
+
 class ExecuTorchSession(TrainingSession):
-    def __new__(cls, bundle: Bundle) -> ExecuTorchSession:
+    def __new__(cls, bundle: Bundle, threads: int | None = None) -> ExecuTorchSession:
         # One entry point for both kinds of ExecuTorch bundle (open_session, the worker, the apps' host runs).
         if cls is ExecuTorchSession and optimizer_runs_in_program(bundle):
             cls = FusedExecuTorchSession
         return super().__new__(cls)
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
+        global _PROGRAM_LOADED
         super().__init__(bundle)
+        self.threads = configure_runtime(bundle, threads)
         methods = self.manifest.methods
         self._train_name = methods["train"]["name"]
         self._predict_name = methods["predict"]["name"]
         # Module, not _load_program + load_method: methods loaded one by one from a program share planned
         # memory in 1.5.1, so running predict overwrote the training method's weights (measured).
         self._module = _load_for_executorch(str(bundle.path("program")))
+        _PROGRAM_LOADED = True
         self._names = self._trained_names()
         expected = [p.name for p in self.manifest.trainable]
         if self._names != expected:
@@ -154,14 +215,14 @@ class FusedExecuTorchSession(ExecuTorchSession):
     buffers before the first step.
     """
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
         train = bundle.manifest.methods["train"]
         self._inputs: list[str] = train["inputs"]
         self._buffer_names: list[str] = train["outputs"][2:]
         self._buffers: dict[str, torch.Tensor] | None = None
         self._lr = OptimizerConfig.from_json(bundle.manifest.optimizer).lr
         self.steps = 0
-        super().__init__(bundle)
+        super().__init__(bundle, threads)
 
     def _trained_names(self) -> list[str]:
         return [name for name in self._buffer_names if not name.startswith(STATE_PREFIX)]

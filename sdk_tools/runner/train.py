@@ -51,13 +51,15 @@ class TrainResult:
         return {**asdict(self), "steps_per_second": self.steps_per_second}
 
 
-def open_session(bundle: Bundle) -> TrainingSession:
-    """Load ``bundle`` into the runtime its manifest names."""
+def open_session(bundle: Bundle, threads: int | None = None) -> TrainingSession:
+    """Load ``bundle`` into the runtime its manifest names. ``threads``: ExecuTorch's thread pool size (default:
+    the manifest's ``backend_options.runtime.threads``), settable only before the process loads its first program.
+    """
     backend = bundle.manifest.backend
     if backend == "executorch":
         from sdk_tools.runner.executorch_session import ExecuTorchSession
 
-        return ExecuTorchSession(bundle)
+        return ExecuTorchSession(bundle, threads)
     if backend == "onnxruntime":
         from sdk_tools.runner.onnxruntime_session import OnnxRuntimeSession
 

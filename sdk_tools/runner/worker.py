@@ -12,18 +12,19 @@ import os
 import sys
 from pathlib import Path
 
-from exporters.bundle import load_bundle
+from exporters.bundle import Bundle, load_bundle
 from sdk_tools.memory import proc_status_bytes, release_free_memory, reset_peak
 from sdk_tools.memory_cap import CgroupCap, start_rss_watchdog
 from sdk_tools.runner.train import TrainConfig, dataset_for, open_session, train
 
 
-def load_runtime(backend: str) -> int:
-    """Import the runtime (so its libraries are part of the idle baseline); return its thread count."""
-    if backend == "executorch":
-        from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count
+def load_runtime(bundle: Bundle, threads: int | None = None) -> int:
+    """Import the runtime (so its libraries and, for ExecuTorch, its sized thread pool are part of the idle
+    baseline); return its thread count."""
+    if bundle.manifest.backend == "executorch":
+        from sdk_tools.runner.executorch_session import configure_runtime
 
-        return max(1, _threadpool_get_thread_count())
+        return configure_runtime(bundle, threads)
     import onnxruntime.training.api  # noqa: F401  (~60 MB of libraries that are not training's cost)
 
     # ORT's intra-op pool defaults to one thread per physical core.
@@ -58,7 +59,7 @@ def main(request_path: str, result_path: str) -> int:
     # Load the data before the baseline: it belongs to the app, not to training.
     for split in filter(None, (config.split, config.eval_split)):
         dataset_for(bundle, config.data, split)
-    threads = load_runtime(bundle.manifest.backend)
+    threads = load_runtime(bundle, request.get("threads"))
     release_free_memory()  # the baseline is what stays resident, not the imports' freed scratch
     baseline = proc_status_bytes("VmRSS")
     cap = request.get("cap")
@@ -68,7 +69,7 @@ def main(request_path: str, result_path: str) -> int:
         start_rss_watchdog(cap["bytes"], baseline)
     phases = PhasePeaks(baseline)
     phases.start("load")
-    session = open_session(bundle)
+    session = open_session(bundle, request.get("threads"))
     loaded = proc_status_bytes("VmRSS")
     result = train(bundle, config, session, on_phase=phases.start)
     phases.start(None)
