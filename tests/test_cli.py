@@ -107,7 +107,8 @@ def test_lora_int8_bundle_pulls_a_merged_model_that_predicts_like_the_runtime(tm
         "--int8-frozen", "--int8-target", "features.1", "--out", str(out),
     )  # fmt: skip
     manifest = load_bundle(out).manifest
-    assert [t["name"] for t in manifest.techniques] == ["lora", "freeze", "int8_weights"]
+    # The CLI takes the ExecuTorch speed routes by default: the frozen int8 layer runs on XNNPACK.
+    assert [t["name"] for t in manifest.techniques] == ["lora", "freeze", "int8_weights", "xnnpack_frozen"]
     assert {p.name.rsplit(".", 1)[-1] for p in manifest.trainable} == {"lora_A", "lora_B", "weight", "bias"}
     memwall("train", str(out), "--steps", "5", "--eval-split", "")
     proc = memwall("pull", str(out), "--out", str(tmp_path / "x.pt"), ok=False)

@@ -170,6 +170,7 @@ def test_cli_plan_and_export_with_budget(planner: Planner, tmp_path: Path) -> No
     best = planner.search(budget, margin=0.1, top=1).fitting[0]
     common = ["--model", "mlp", "--model-kwargs", '{"hidden": [768, 768]}', "--input-shape", "1,8,8"]
     common += ["--batch", "16", "--lr", "0.05", "--momentum", "0.9", "--work-dir", str(planner.work_dir)]
+    common += ["--no-speed-routes"]  # the API planner's candidates have none
     proc = _memwall("plan", *common, "--budget", str(budget), "--json")
     fitting = json.loads(proc.stdout)["fitting"]
     assert fitting[0]["plan"] == best.plan.to_json()  # the CLI is the same search, over the same cache
