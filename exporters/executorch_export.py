@@ -103,7 +103,7 @@ def export_executorch(
     predict = export_predict_graph(model, inputs, [strip_prefix(n) for n in gradient_order(joint)])
     methods = {TRAIN_METHOD: joint, PREDICT_METHOD: predict}
     delegates: dict[str, int] = {}
-    delegate_bytes = {TRAIN_METHOD: 0, PREDICT_METHOD: 0}
+    delegate_bytes = 0
     if speed.xnnpack_frozen is not None and any(not p.requires_grad for p in model.parameters()):
         from exporters.techniques.xnnpack_frozen import delegate_count, delegate_memory_bytes, lower_frozen_to_xnnpack
 
@@ -151,10 +151,9 @@ def export_executorch(
             "train": train,
             "predict": {"name": PREDICT_METHOD, "inputs": ["input", *trainable], "outputs": ["logits"]},
         },
-        # XNNPACK's memory for the predict method exists only once the app evaluates, like its arena.
-        predict_arena_bytes=arenas[PREDICT_METHOD] + delegate_bytes[PREDICT_METHOD],
+        predict_arena_bytes=arenas[PREDICT_METHOD],
         runtime_overhead_bytes=RUNTIME_OVERHEAD_BYTES,
-        delegate_memory_bytes=delegate_bytes[TRAIN_METHOD],
+        delegate_memory_bytes=delegate_bytes,
         # The profile finds weights and gradients through the gradient outputs, which a fused program has not.
         memory_profile=None
         if fused is not None
