@@ -33,8 +33,7 @@ class BackendArtifacts:
     # gradient tensor is alive at a time, not all of them.
     consumes_gradients: bool = False
     backend_options: dict[str, Any] = field(default_factory=dict)
-    # Memory a delegate (XNNPACK) holds outside the planned arena while the training method is loaded: packed
-    # weights and its own workspace.
+    # Memory a delegate (XNNPACK) holds outside the planned arena: its workspace.
     delegate_memory_bytes: int = 0
     # Techniques the backend exporter applied on its own (speed routes), for the manifest's ``techniques``.
     techniques: list[dict[str, Any]] = field(default_factory=list)

@@ -68,7 +68,7 @@ class MemoryEstimate:
     frozen_parameter_bytes: int = 0  # frozen weights, stored in the program files
     evaluation_arena_bytes: int = 0  # the predict method's workspace, resident while the app evaluates
     gradient_accumulation_bytes: int = 0  # the runner's sum of micro-batch gradients
-    delegate_bytes: int = 0  # a delegate's (XNNPACK's) packed weights and workspace, outside the planned arena
+    delegate_bytes: int = 0  # a delegate's (XNNPACK's) workspace, outside the planned arena
 
 
 @dataclass(frozen=True)

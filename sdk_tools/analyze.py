@@ -27,7 +27,7 @@ LABELS = {
     "workspace": "transient workspace (incl. batch, fragmentation)",
     "evaluation": "evaluation workspace (predict method)",
     "accumulation": "gradient accumulation (micro-batches)",
-    "delegate": "XNNPACK packed weights + workspace",
+    "delegate": "XNNPACK workspace (outside the arena)",
     "runtime_overhead": "runtime overhead (calibrated)",
 }
 

@@ -8,9 +8,9 @@ faster ones. Two routes do that without changing a single gradient:
   copy for backward (MobileNetV2 x1.0 96x96 batch 8 full fine-tune: 121.7 -> 131.2 MiB); the planned arena
   is the real memory plan, so the manifest's prediction includes it.
 - ``xnnpack_frozen`` (``exporters/techniques/xnnpack_frozen.py``): every node that reads no trainable tensor
-  lowered to XNNPACK inside the joint graph. Costs the frozen weights a second time in the program file (each
-  method's delegate holds its own copy) and XNNPACK's packed weights and workspace at run time (outside the
-  planned arena: ``delegate_memory_bytes`` predicts them).
+  lowered to XNNPACK inside the joint graph. Costs program file bytes where a delegate needs a frozen weight in
+  another layout (bias-only: the transposed convolutions of backward; MobileNetV2 .pte 8.8 -> 17.2 MiB) and
+  XNNPACK's workspace at run time, outside the planned arena (``delegate_memory_bytes`` predicts it).
 
 The third route, threads, is a runtime setting: only XNNPACK (and optimized) kernels use ExecuTorch's thread
 pool, which must be sized before the first program loads. ``backend_options.runtime`` records what the program
