@@ -70,7 +70,8 @@ def analyze_bundle(bundle: Bundle) -> Analysis:
         }
         arena["workspace"] = mem.planned_arena_bytes - sum(arena.values())
     else:
-        # Without a profile (ONNX Runtime) the arena is one static liveness figure with no split by component.
+        # Without a profile (ONNX Runtime; an ExecuTorch program with the fused update, whose gradients are no
+        # outputs to find them by) the arena is one figure with no split by component.
         arena = {"workspace": mem.planned_arena_bytes}
     frozen = min(mem.frozen_parameter_bytes, mem.program_bytes)
     components = {
@@ -102,7 +103,10 @@ def format_analysis(analysis: Analysis) -> str:
     lines.append(f"{'predicted peak':<50} {total / 2**20:9.2f}")
     profile = analysis.profile
     if profile is None:
-        lines.append("(per-layer breakdown and timeline: ExecuTorch bundles carry a memory profile)")
+        lines.append(
+            "(no per-layer breakdown or timeline: the bundle carries no memory profile; ExecuTorch bundles without "
+            "the fused update do)"
+        )
         return "\n".join(lines)
     lines += [
         "",

@@ -159,18 +159,23 @@ class Planner:
             weights.update(tensor.detach().contiguous().numpy().tobytes())
         self._weights = weights.hexdigest()[:16]
 
-    def candidate(self, plan: TrainingPlan) -> Candidate | None:
-        """The plan exported (or found in the cache); None where the backend cannot apply it."""
-        if plan.speed is None and self.speed is not None:
-            plan = replace(plan, speed=self.speed)
+    def bundle_dir(self, plan: TrainingPlan) -> Path:
+        """Where ``plan``'s bundle is cached: named by everything the export depends on."""
         key = hashlib.sha256(
             json.dumps(
                 [plan.to_json(), self._weights, list(self.sample_shape), self.batch_size, self.backend, self.loss]
             ).encode()
         ).hexdigest()[:16]
+        return self.work_dir / key
+
+    def candidate(self, plan: TrainingPlan) -> Candidate | None:
+        """The plan exported (or found in the cache); None where the backend cannot apply it."""
+        if plan.speed is None and self.speed is not None:
+            plan = replace(plan, speed=self.speed)
+        directory = self.bundle_dir(plan)
+        key = directory.name
         if key in self._cache:
             return self._cache[key]
-        directory = self.work_dir / key
         try:
             bundle = load_bundle(directory)
         except BundleError:
