@@ -341,7 +341,13 @@ def plot(results: list[dict], path: Path) -> None:
         rs = [r for r in measured if r["row"].backend == backend]
         labels = [r["row"].label for r in rs]
         ax.barh(labels, [r["measurement"].peak_delta_bytes / 2**20 for r in rs], label="measured")
-        ax.scatter([r["measurement"].predicted_peak_bytes / 2**20 for r in rs], labels, color="red", label="predicted")
+        predicted = [r for r in rs if not r["row"].runtime_default]  # memwall predicts its own settings only
+        ax.scatter(
+            [r["measurement"].predicted_peak_bytes / 2**20 for r in predicted],
+            [r["row"].label for r in predicted],
+            color="red",
+            label="predicted",
+        )
         ax.invert_yaxis()
         ax.set_xlabel("peak training memory over idle (MiB)")
         ax.set_title(backend)
