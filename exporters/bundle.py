@@ -69,6 +69,7 @@ class MemoryEstimate:
     evaluation_arena_bytes: int = 0  # the predict method's workspace, resident while the app evaluates
     gradient_accumulation_bytes: int = 0  # the runner's sum of micro-batch gradients
     delegate_bytes: int = 0  # a delegate's (XNNPACK's) workspace, outside the planned arena
+    optimizer_workspace_bytes: int = 0  # the app-side update's scratch tensor (the largest trainable parameter)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,12 @@ class OptimizerConfig:
             raise ValueError("nesterov needs momentum > 0 and dampening == 0 (as in torch.optim.SGD)")
 
     @property
+    def update_needs_workspace(self) -> bool:
+        """Whether the update computes an intermediate tensor (AdamW's denominator, SGD's decayed or Nesterov
+        gradient): the app-side optimizer keeps one scratch tensor of the largest parameter's size for it."""
+        return self.kind == "adamw" or bool(self.weight_decay) or self.nesterov
+
+    @property
     def state_tensors_per_parameter(self) -> int:
         if self.kind == "adamw":
             return 2  # exp_avg and exp_avg_sq

@@ -19,6 +19,7 @@ import torch
 from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
 from executorch.exir.memory_planning import MemoryPlanningAlgorithmSuite, greedy
 from executorch.exir.passes import MemoryPlanningPass
+from executorch.exir.schema import Program
 from torch import nn
 from torch.export import ExportedProgram
 from torch.export.experimental import _export_forward_backward
@@ -42,10 +43,12 @@ PREDICT_METHOD = "predict"
 # Greedy is ExecuTorch's default and, measured on MobileNetV2, never beaten by the naive planner or the
 # overlap options: only graph changes shrink the arena. Inputs and outputs are planned into the arena so
 # the recorded size covers everything the method allocates.
-# Measured peak delta of the MLP bundle (arena 0.2 MiB) minus its planned arena and program: what the
-# runtime, its kernels' first-touch pages and the runner's per-step tensors cost whatever the model
-# (`memwall measure` on an exported MLP bundle, 10 steps, this machine).
-RUNTIME_OVERHEAD_BYTES = 6 * 2**20 + 512 * 2**10
+# The runtime's own cost beyond the arenas and the program file: its method structures (one object per value of
+# every method) and kernel code faulted in on first use. Fitted over 18 bundles (MLP, SmallCNN, MobileNetV2;
+# SGD/AdamW; full, head, bias + micro-batches, recompute, fused) measured with the host code warmed, max error
+# 0.92 MiB: `python benchmarks/executorch_overhead.py` (benchmarks/RESULTS-executorch-overhead.md).
+RUNTIME_OVERHEAD_BASE_BYTES = 3_346_000  # 3.19 MiB
+RUNTIME_OVERHEAD_PER_VALUE_BYTES = 277
 
 PERFORMANCE_CORES = "performance_cores"
 MEMORY_PLANNING = {"algorithm": "greedy", "alloc_graph_input": True, "alloc_graph_output": True}
@@ -135,7 +138,9 @@ def export_executorch(
         "memory_planning": MEMORY_PLANNING,
         "optimizer_runs_in": "app",
         "runtime": runtime_requirements(
-            xnnpack=any(delegates.values()), optimized=any(t["name"] == "pointwise_linear" for t in applied)
+            xnnpack=any(delegates.values()),
+            optimized=any(t["name"] == "pointwise_linear" for t in applied),
+            operators=program_operators(program.executorch_program),
         ),
     }
     if fused is not None:
@@ -152,7 +157,8 @@ def export_executorch(
             "predict": {"name": PREDICT_METHOD, "inputs": ["input", *trainable], "outputs": ["logits"]},
         },
         predict_arena_bytes=arenas[PREDICT_METHOD],
-        runtime_overhead_bytes=RUNTIME_OVERHEAD_BYTES,
+        runtime_overhead_bytes=RUNTIME_OVERHEAD_BASE_BYTES
+        + RUNTIME_OVERHEAD_PER_VALUE_BYTES * program_values(program.executorch_program),
         delegate_memory_bytes=delegate_bytes,
         # The profile finds weights and gradients through the gradient outputs, which a fused program has not.
         memory_profile=None
@@ -166,7 +172,17 @@ def export_executorch(
     )
 
 
-def runtime_requirements(*, xnnpack: bool, optimized: bool) -> dict[str, Any]:
+def program_operators(program: Program) -> list[str]:
+    """Every kernel the program's methods call, as ``name.overload`` (``aten::addmm.out``), sorted."""
+    return sorted({f"{op.name}.{op.overload}" for plan in program.execution_plan for op in plan.operators})
+
+
+def program_values(program: Program) -> int:
+    """How many values (tensors, scalars, lists) the program's methods hold: the runtime builds one object each."""
+    return sum(len(plan.values) for plan in program.execution_plan)
+
+
+def runtime_requirements(*, xnnpack: bool, optimized: bool, operators: list[str]) -> dict[str, Any]:
     """What the app's ExecuTorch runtime must provide (``backend_options.runtime``).
 
     ``backends``: delegates the program calls; a runtime without them fails to load it (the stock Android
@@ -174,9 +190,12 @@ def runtime_requirements(*, xnnpack: bool, optimized: bool) -> dict[str, Any]:
     program's speed assumes (``optimized``: ``mm``/``bmm``/``addmm`` with BLAS; the portable library computes the
     same values, slowly). ``threads``: the size to give ExecuTorch's thread pool before the first program loads
     (only XNNPACK and optimized kernels use it): one per performance core with XNNPACK delegates, else 1.
+    ``operators``: the kernels the program calls outside delegates, the list a selective runtime build needs
+    (``EXECUTORCH_SELECT_OPS_LIST``); a runtime missing one fails to load the method ("Missing operator").
     """
     return {
         "backends": ["XnnpackBackend"] if xnnpack else [],
         "kernels": "optimized" if optimized else "portable",
         "threads": PERFORMANCE_CORES if xnnpack else 1,
+        "operators": operators,
     }

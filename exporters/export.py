@@ -69,14 +69,17 @@ def estimate_memory(
         state_tensors = optimizer.state_tensors_per_parameter
     optimizer_bytes = trainable_bytes * state_tensors
     accumulation_bytes = trainable_bytes if micro_batches > 1 and not artifacts.accumulates_gradients else 0
-    gradient_bytes = trainable_bytes
-    if artifacts.consumes_gradients:
-        gradient_bytes = max((_tensor_bytes([t]) for t in trainable), default=0)
+    largest = max((_tensor_bytes([t]) for t in trainable), default=0)
+    gradient_bytes = largest if artifacts.consumes_gradients else trainable_bytes
+    # The app's update computes AdamW's denominator (SGD's decayed / Nesterov gradient) into one scratch tensor.
+    runs_in_app = artifacts.backend_options.get("optimizer_runs_in") == "app"
+    workspace_bytes = largest if runs_in_app and optimizer.update_needs_workspace else 0
     peak = (
         artifacts.planned_arena_bytes
         + artifacts.predict_arena_bytes
         + program_bytes
         + optimizer_bytes
+        + workspace_bytes
         + accumulation_bytes
         + artifacts.runtime_overhead_bytes
         + artifacts.delegate_memory_bytes
@@ -92,12 +95,14 @@ def estimate_memory(
         predicted_peak_bytes=peak,
         notes=(
             "peak = planned arena (incl. trainable weights and gradients) + evaluation arena + program files "
-            "+ optimizer state + gradient accumulation + runtime overhead + delegate (XNNPACK) memory"
+            "+ optimizer state + optimizer workspace + gradient accumulation + runtime overhead "
+            "+ delegate (XNNPACK) memory"
         ),
         frozen_parameter_bytes=_tensor_bytes([p for p in model.parameters() if not p.requires_grad]),
         evaluation_arena_bytes=artifacts.predict_arena_bytes,
         gradient_accumulation_bytes=accumulation_bytes,
         delegate_bytes=artifacts.delegate_memory_bytes,
+        optimizer_workspace_bytes=workspace_bytes,
     )
 
 

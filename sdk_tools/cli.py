@@ -119,6 +119,7 @@ def _planner(args: argparse.Namespace) -> Any:
         model_spec=ModelSpec(args.model, args.model_kwargs),
         loss=args.loss,
         speed=_speed(args),
+        lossless=args.lossless,
     )
 
 
@@ -447,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_parse_size, help="export the best plan that fits this memory, e.g. 48MB")
     p.add_argument("--margin", type=float, default=0.1, help="with --budget: headroom for prediction error")
     p.add_argument("--work-dir", default="memwall_runs/plans", help="with --budget: cache of candidate bundles")
+    p.add_argument("--lossless", action="store_true", help="with --budget: never store frozen weights as int8")
     p.add_argument("--name", help="bundle name (default: model-backend)")
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
@@ -473,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="export every candidate with the ExecuTorch speed routes (default: on for executorch)",
     )
     p.add_argument("--work-dir", default="memwall_runs/plans", help="cache of candidate bundles")
+    p.add_argument(
+        "--lossless", action="store_true", help="never store frozen weights as int8 (the planner's one lossy step)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
 

@@ -10,7 +10,11 @@ formula: each candidate is exported into a cache directory, so asking again (ano
   after their update), recomputation, recomputation with the fused update, then recomputation with 2, 4, ...
   micro-batches (which a fused update cannot accumulate). The fastest is exported first and taken if it fits;
   else the leanest: if even it does not fit, the set is skipped; otherwise a binary search finds the fastest
-  variant that fits (memory falls, mostly, along that list).
+  variant that fits (memory falls, mostly, along that list);
+- where no exact variant of a set fits, its leanest variant again with the frozen weights stored as int8
+  (``int8_frozen``, on unless the planner is told ``lossless=True``): a smaller program file at a small,
+  reported accuracy cost, so that a larger trainable set fits before a smaller one is taken. It comes last
+  because it is the one lossy step and can cost arena where backward crosses a frozen layer.
 
 A plan fits when its predicted peak is at most ``budget * (1 - margin)``: the margin covers prediction error.
 """
@@ -32,13 +36,18 @@ from exporters.export import ModelSpec
 from exporters.plan import TrainingPlan, export_plan
 from exporters.techniques.freeze import FreezeConfig, numbered_blocks, parameter_block
 from exporters.techniques.fused_update import FusedUpdateConfig
+from exporters.techniques.int8_weights import Int8WeightsConfig
 from exporters.techniques.lora import LoraConfig, lora_kind
 from exporters.techniques.recompute import RecomputeConfig
 from exporters.techniques.speed_routes import SpeedConfig
 
 
 class NoPlanFitsError(ValueError):
-    """No plan's predicted peak fits the budget; the message names the smallest one."""
+    """No plan's predicted peak fits the budget; the message names the smallest one (``smallest``)."""
+
+    def __init__(self, message: str, smallest: Candidate | None = None) -> None:
+        super().__init__(message)
+        self.smallest = smallest
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,7 @@ class Planner:
     model_spec: ModelSpec | None = None
     loss: str = "cross_entropy"
     speed: SpeedConfig | None = None  # speed routes every candidate is exported with
+    lossless: bool = False  # True: never store frozen weights as int8
     log: Callable[[str], None] = field(default=lambda message: print(f"[memwall plan] {message}", file=sys.stderr))
 
     def __post_init__(self) -> None:
@@ -206,7 +216,8 @@ class Planner:
             raise ValueError(f"margin must be in [0, 1), got {margin}")
         report = PlanReport(budget_bytes, margin)
         for base in trainable_sets(self.model, self.optimizer):
-            found = self._fastest_fitting(variants(base, self.batch_size, self.backend), report)
+            plans = variants(base, self.batch_size, self.backend)
+            found = self._fastest_fitting(plans, report) or self._int8_fallback(plans, report)
             if found is not None:
                 report.fitting.append(found)
                 if len(report.fitting) >= top:
@@ -219,18 +230,35 @@ class Planner:
                 f"no plan fits {budget_bytes / 2**20:.1f} MiB (with a {margin:.0%} margin: "
                 f"{report.limit_bytes / 2**20:.1f} MiB); the smallest predicted peak is "
                 f"{smallest.predicted_peak_bytes / 2**20:.1f} MiB ({smallest.plan.describe()}). "
-                "Raise the budget, lower the batch size or the input size"
+                "Raise the budget, lower the batch size or the input size",
+                smallest,
             )
         return report
 
+    def _fits(self, plan: TrainingPlan, report: PlanReport) -> Candidate | None:
+        found = self.candidate(plan)
+        if found is None:
+            return None
+        if found not in report.tried:
+            report.tried.append(found)
+        return found if found.predicted_peak_bytes <= report.limit_bytes else None
+
+    def _int8_fallback(self, plans: list[TrainingPlan], report: PlanReport) -> Candidate | None:
+        """The set's leanest variant with int8 frozen weights, if the set has frozen weights and it fits."""
+        if self.lossless or (plans[0].freeze.trains_everything and plans[0].lora is None):
+            return None
+        leanest = next((found for p in reversed(plans) if (found := self.candidate(p)) is not None), None)
+        if leanest is None:
+            return None
+        # int8 saves at most 3 of every 4 bytes of frozen weights: where even that cannot fit, skip the export.
+        saving = leanest.bundle.manifest.memory.frozen_parameter_bytes * 3 // 4
+        if leanest.predicted_peak_bytes - saving > report.limit_bytes:
+            return None
+        return self._fits(replace(leanest.plan, int8_frozen=Int8WeightsConfig()), report)
+
     def _fastest_fitting(self, plans: list[TrainingPlan], report: PlanReport) -> Candidate | None:
         def fits(index: int) -> Candidate | None:
-            found = self.candidate(plans[index])
-            if found is None:
-                return None
-            if found not in report.tried:
-                report.tried.append(found)
-            return found if found.predicted_peak_bytes <= report.limit_bytes else None
+            return self._fits(plans[index], report)
 
         if (fastest := fits(0)) is not None:
             return fastest

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from safetensors.torch import load_file
 
 from exporters import OptimizerConfig, load_bundle
 from exporters.plan import TrainingPlan, apply_model_techniques, export_plan
-from exporters.techniques import FreezeConfig, RecomputeConfig
+from exporters.techniques import FreezeConfig, Int8WeightsConfig, RecomputeConfig
 from sdk_tools.measure import OutOfMemoryError, measure_training
 from sdk_tools.memory_cap import create_cgroup_cap, parse_size
 from sdk_tools.models import build_model
@@ -124,6 +125,26 @@ def test_planner_ranks_by_what_trains_and_keeps_only_fitting_plans(planner: Plan
 def test_impossible_budget_names_the_smallest_plan(planner: Planner) -> None:
     with pytest.raises(NoPlanFitsError, match=r"no plan fits 1\.0 MiB.*smallest predicted peak is [\d.]+ MiB"):
         planner.search(2**20)
+
+
+def test_int8_frozen_weights_are_the_last_resort_and_lossless_refuses_them(tmp_path: Path) -> None:
+    # Many small layers: int8 storage saves 3 bytes per frozen weight, dequantizing costs one layer's floats.
+    torch.manual_seed(0)
+    planner = Planner(build_model("mlp", hidden=(128,) * 6), MLP_SHAPE, 4, "executorch", OptimizerConfig(), tmp_path)
+    lossless = replace(planner, lossless=True)
+    with pytest.raises(NoPlanFitsError) as nothing_fits:
+        lossless.search(2**20)
+    assert nothing_fits.value.smallest is not None
+    smallest_exact = nothing_fits.value.smallest.predicted_peak_bytes
+    head = variants(TrainingPlan(FreezeConfig(last_blocks=0), planner.optimizer), 4, "executorch")
+    int8 = planner.candidate(replace(head[-1], int8_frozen=Int8WeightsConfig()))
+    assert int8 is not None and int8.predicted_peak_bytes < smallest_exact
+    # A budget that no exact plan meets and the head's leanest variant meets with int8 frozen weights.
+    budget = int((smallest_exact + int8.predicted_peak_bytes) / 2 / 0.9)
+    best = planner.search(budget, margin=0.1, top=1).fitting[0]
+    assert best.plan.int8_frozen is not None and best.predicted_peak_bytes <= budget * 0.9
+    with pytest.raises(NoPlanFitsError):
+        lossless.search(budget, margin=0.1)
 
 
 def test_emitted_plan_measures_under_its_budget(planner: Planner) -> None:

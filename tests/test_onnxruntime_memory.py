@@ -151,9 +151,12 @@ def test_execution_order_is_orts(small_bundles: dict[str, Bundle], variant: str,
 def test_step_workspace_matches_a_measured_step(small_bundles: dict[str, Bundle], variant: str) -> None:
     bundle = small_bundles[variant]
     predicted = bundle.manifest.backend_options["memory"]["step_workspace_bytes"]
-    measured = measure(bundle.directory, arena=False, steps=3, warmup=1)["peak_delta_bytes"]
-    # Measured 4.95 / 2.46 MiB against 4.79 / 2.61 MiB modelled (plus ~0.2 MiB of the runner's per-step objects).
-    assert abs(measured - predicted) < 0.1 * predicted, (measured, predicted)
+    # One child's peak varies by a few hundred KiB (ORT's worker threads allocate from their own malloc arenas):
+    # 8 runs of the recomputed bundle measured 2.39-2.70 MiB against 2.61 modelled, and one CI run 2.95. The
+    # median of three children is what the model must match.
+    runs = [measure(bundle.directory, arena=False, steps=3, warmup=1)["peak_delta_bytes"] for _ in range(3)]
+    measured = statistics.median(runs)
+    assert abs(measured - predicted) < 0.1 * predicted, (runs, predicted)
 
 
 def test_predicted_peak_is_within_10_percent_of_measure(small_bundles: dict[str, Bundle]) -> None:

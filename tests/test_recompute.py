@@ -133,11 +133,11 @@ def test_policies_trade_checkpoints_for_recomputation(mobilenet_edge: EdgeProgra
     nodes_before = [node.format_node() for node in edge.graph.nodes]
     blocks = plan_recomputation(edge, RecomputeConfig("blocks"))
     sqrt = plan_recomputation(edge, RecomputeConfig("sqrt"))
-    three = plan_recomputation(edge, RecomputeConfig(3))
+    two = plan_recomputation(edge, RecomputeConfig(2))
     auto = plan_recomputation(edge, RecomputeConfig("auto"))
     assert blocks.segmentation == "blocks"
-    assert len(three.checkpoints) < len(sqrt.checkpoints) < len(blocks.checkpoints)
-    for plan in (blocks, sqrt, three, auto):
+    assert len(two.checkpoints) < len(sqrt.checkpoints) < len(blocks.checkpoints)
+    for plan in (blocks, sqrt, two, auto):
         before, after = plan.estimated_peak_bytes
         assert plan.recomputed and after < before
     # auto stops recomputing the segments that do not set the peak: less work for the same estimate.

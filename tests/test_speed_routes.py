@@ -163,12 +163,21 @@ def test_routed_bundle_equals_the_plain_bundle(cases: Callable[[str], Case]) -> 
 
 def test_manifest_records_routes_runtime_and_memory(cases: Callable[[str], Case]) -> None:
     routed, plain = cases("bias-routes").bundle.manifest, cases("bias-plain").bundle.manifest
-    assert routed.backend_options["runtime"] == {
+    routed_runtime, plain_runtime = routed.backend_options["runtime"], plain.backend_options["runtime"]
+    assert {k: routed_runtime[k] for k in ("backends", "kernels", "threads")} == {
         "backends": ["XnnpackBackend"],
         "kernels": "portable",  # no trainable 1x1 convolution: no matmul rewrite
         "threads": "performance_cores",
     }
-    assert plain.backend_options["runtime"] == {"backends": [], "kernels": "portable", "threads": 1}
+    assert {k: plain_runtime[k] for k in ("backends", "kernels", "threads")} == {
+        "backends": [],
+        "kernels": "portable",
+        "threads": 1,
+    }
+    # The kernels a selective runtime build needs, as ExecuTorch names them.
+    assert "aten::convolution.out" in plain_runtime["operators"]
+    assert plain_runtime["operators"] == sorted(plain_runtime["operators"])
+    assert all("::" in op and "." in op for op in routed_runtime["operators"])
     [xnnpack] = [t for t in routed.techniques if t["name"] == "xnnpack_frozen"]
     assert xnnpack["config"]["delegates"]["forward"] > 0 and xnnpack["config"]["backward_convolutions"]
     # XNNPACK's packed weights and workspace are predicted beside the arena and add up to the peak.

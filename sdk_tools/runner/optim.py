@@ -16,7 +16,12 @@ from exporters.config import OptimizerConfig
 
 
 class Optimizer:
-    """Applies one update per ``step`` to ``params`` in place; ``state`` is checkpointable."""
+    """Applies one update per ``step`` to ``params`` in place; ``state`` is checkpointable.
+
+    Where the update needs an intermediate tensor it is computed into one scratch buffer of the largest
+    parameter's size (``workspace``), allocated once, as an app would: torch's own expressions allocate one or
+    two temporaries per parameter per step, and those peaks belong to no phone.
+    """
 
     def __init__(self, config: OptimizerConfig, params: dict[str, torch.Tensor]) -> None:
         self.config = config
@@ -29,6 +34,11 @@ class Optimizer:
                 self.state[f"exp_avg_sq/{name}"] = torch.zeros_like(p)
             elif config.momentum > 0:
                 self.state[f"momentum/{name}"] = torch.zeros_like(p)
+        largest = max((p.numel() for p in params.values()), default=0)
+        self.workspace = torch.empty(largest if config.update_needs_workspace else 0)
+
+    def _scratch(self, like: torch.Tensor) -> torch.Tensor:
+        return self.workspace[: like.numel()].view_as(like)
 
     @torch.no_grad()
     def step(self, grads: dict[str, torch.Tensor]) -> None:
@@ -41,14 +51,14 @@ class Optimizer:
 
     def _sgd(self, name: str, p: torch.Tensor, grad: torch.Tensor) -> None:
         c = self.config
-        d_p = grad.add(p, alpha=c.weight_decay) if c.weight_decay else grad
+        d_p = torch.add(grad, p, alpha=c.weight_decay, out=self._scratch(p)) if c.weight_decay else grad
         if c.momentum:
             buf = self.state[f"momentum/{name}"]
             if self.steps == 1:
                 buf.copy_(d_p)
             else:
                 buf.mul_(c.momentum).add_(d_p, alpha=1 - c.dampening)
-            d_p = d_p.add(buf, alpha=c.momentum) if c.nesterov else buf
+            d_p = torch.add(d_p, buf, alpha=c.momentum, out=self._scratch(p)) if c.nesterov else buf
         p.add_(d_p, alpha=-c.lr)
 
     def _adamw(self, name: str, p: torch.Tensor, grad: torch.Tensor) -> None:
@@ -60,7 +70,7 @@ class Optimizer:
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         bias_correction1 = 1 - beta1**self.steps
         bias_correction2 = 1 - beta2**self.steps
-        denom = (exp_avg_sq.sqrt() / math.sqrt(bias_correction2)).add_(c.eps)
+        denom = torch.sqrt(exp_avg_sq, out=self._scratch(p)).div_(math.sqrt(bias_correction2)).add_(c.eps)
         p.addcdiv_(exp_avg, denom, value=-c.lr / bias_correction1)
 
     def load_state(self, steps: int, state: dict[str, torch.Tensor]) -> None:

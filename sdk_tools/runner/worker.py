@@ -1,8 +1,9 @@
 """Child-process entry point that trains a bundle and measures its memory.
 
-Run as ``python -m sdk_tools.runner.worker REQUEST.json RESULT.json``. It imports the runtime and loads the
-data first, records that as the idle baseline and resets the peak (``/proc/self/clear_refs``), then opens the
-bundle and trains: the peak it reports is what training itself costs, not the parent's imports.
+Run as ``python -m sdk_tools.runner.worker REQUEST.json RESULT.json``. It imports the runtime, loads the data
+and runs the host runner's own tensor work once (``host_warmup``) first, records that as the idle baseline and
+resets the peak (``/proc/self/clear_refs``), then opens the bundle and trains: the peak it reports is what
+training itself costs, not the parent's imports or the host runner's code.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from exporters.bundle import Bundle, load_bundle
 from sdk_tools.memory import proc_status_bytes, release_free_memory, reset_peak
 from sdk_tools.memory_cap import CgroupCap, start_rss_watchdog
+from sdk_tools.runner.host_warmup import warm_host_code
 from sdk_tools.runner.train import TrainConfig, dataset_for, open_session, train
 
 
@@ -60,6 +62,7 @@ def main(request_path: str, result_path: str) -> int:
     for split in filter(None, (config.split, config.eval_split)):
         dataset_for(bundle, config.data, split)
     threads = load_runtime(bundle, request.get("threads"))
+    warm_host_code(bundle, config)  # the host runner's own torch code is not training's cost (host_warmup.py)
     release_free_memory()  # the baseline is what stays resident, not the imports' freed scratch
     baseline = proc_status_bytes("VmRSS")
     cap = request.get("cap")

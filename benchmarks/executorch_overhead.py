@@ -1,0 +1,151 @@
+"""Calibrate ExecuTorch's runtime overhead: what a training process holds beyond the bundle's planned memory.
+
+    python benchmarks/executorch_overhead.py [--steps 10] [--out benchmarks/RESULTS-executorch-overhead.md]
+        [--work-dir memwall_runs/calibration]   # bundles are kept there: a rerun measures without exporting
+
+Every row is a real bundle measured by ``memwall measure`` (a child that has warmed the host runner's own code
+before its baseline). The overhead of a row is its measured peak less everything the exporter predicts exactly
+or from the bundle's files: planned arenas, program file, optimizer state, gradient accumulation, delegate
+memory. What remains is the runtime's: its method structures (one object per value of each method), its
+kernels' code pages faulted in on first use (per distinct operator) and the runner's per-step Python objects.
+The script fits that remainder as ``base + per_operator x operators + per_value x values`` (least squares over
+the rows) and prints the fit beside each row, to be copied into ``exporters/executorch_export.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from executorch.exir._serialize._program import deserialize_pte_binary
+
+from exporters import ModelSpec, OptimizerConfig, load_bundle
+from exporters.bundle import BundleError
+from exporters.executorch_export import program_operators, program_values
+from exporters.plan import TrainingPlan, export_plan
+from exporters.techniques import FreezeConfig, FusedUpdateConfig, RecomputeConfig
+from exporters.techniques.speed_routes import SpeedConfig
+from sdk_tools.measure import measure_training
+from sdk_tools.models import build_model
+from sdk_tools.runner.train import TrainConfig
+
+SGD = OptimizerConfig("sgd", lr=0.01, momentum=0.9)
+ADAMW = OptimizerConfig("adamw", lr=3e-4)
+MODELS: dict[str, tuple[str, dict, tuple[int, ...]]] = {
+    "MLP": ("mlp", {}, (1, 8, 8)),
+    "SmallCNN": ("small_cnn", {}, (1, 8, 8)),
+    "MobileNetV2 x0.25 32x32": ("mobilenet_v2", {"width_mult": 0.25}, (3, 32, 32)),
+    "MobileNetV2 x0.35 64x64": ("mobilenet_v2", {"width_mult": 0.35}, (3, 64, 64)),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    plan: TrainingPlan
+
+
+def rows() -> list[Row]:
+    full, head, bias = FreezeConfig(), FreezeConfig(last_blocks=0), FreezeConfig(last_blocks=0, bias_only=True)
+    out = []
+    for model in MODELS:
+        out += [Row(model, TrainingPlan(full, SGD)), Row(model, TrainingPlan(full, ADAMW))]
+        out += [Row(model, TrainingPlan(head, ADAMW)), Row(model, TrainingPlan(bias, ADAMW, micro_batches=4))]
+    wide = "MobileNetV2 x0.35 64x64"
+    out += [
+        Row(wide, TrainingPlan(full, ADAMW, recompute=RecomputeConfig("auto"))),
+        Row(wide, TrainingPlan(full, ADAMW, fused_update=FusedUpdateConfig())),
+        Row(wide, TrainingPlan(FreezeConfig(last_blocks=2), ADAMW, speed=SpeedConfig())),
+        Row(wide, TrainingPlan(bias, ADAMW, speed=SpeedConfig())),
+    ]
+    return out
+
+
+@dataclass(frozen=True)
+class Measured:
+    label: str
+    operators: int
+    values: int
+    overhead_bytes: int  # measured peak less the exactly predicted components
+    predicted_overhead_bytes: int  # what the bundle's manifest predicted for the same remainder
+
+
+def measure_row(row: Row, root: Path, steps: int) -> Measured:
+    spec, kwargs, shape = MODELS[row.model]
+    label = f"{row.model}, {row.plan.describe()}"
+    directory = root / label.replace(" ", "_").replace(",", "").replace("+", "plus")
+    try:
+        bundle = load_bundle(directory)
+    except BundleError:
+        torch.manual_seed(0)
+        bundle = export_plan(
+            build_model(spec, **kwargs),
+            directory,
+            row.plan,
+            sample_shape=shape,
+            batch_size=8,
+            model_spec=ModelSpec(spec, kwargs),
+            overwrite=True,
+        )
+    result = measure_training(directory, TrainConfig(steps=steps, checkpoint_every=0, progress=False))
+    overhead = bundle.manifest.memory.runtime_overhead_bytes
+    exact = result.predicted_peak_bytes - overhead
+    program = deserialize_pte_binary(bundle.path("program").read_bytes()).program
+    operators, values = len(program_operators(program)), program_values(program)
+    return Measured(label, operators, values, result.peak_delta_bytes - exact, overhead)
+
+
+def fit(measured: list[Measured]) -> list[float]:
+    """Least squares ``overhead = base + per_operator * operators + per_value * values``."""
+    x = torch.tensor([[1.0, m.operators, m.values] for m in measured], dtype=torch.float64)
+    y = torch.tensor([float(m.overhead_bytes) for m in measured], dtype=torch.float64)
+    return torch.linalg.lstsq(x, y.unsqueeze(1)).solution.squeeze(1).tolist()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "RESULTS-executorch-overhead.md")
+    parser.add_argument("--work-dir", type=Path, default=Path("memwall_runs/calibration"))
+    args = parser.parse_args()
+    measured = []
+    for i, row in enumerate(rows(), 1):
+        m = measure_row(row, args.work_dir, args.steps)
+        measured.append(m)
+        print(
+            f"[{i}/{len(rows())}] {m.label}: {m.operators} ops, {m.values} values, {m.overhead_bytes / 2**20:.2f} MiB",
+            flush=True,
+        )
+    base, per_operator, per_value = fit(measured)
+    lines = [
+        "# ExecuTorch runtime overhead calibration",
+        "",
+        f"Command: `python benchmarks/executorch_overhead.py --steps {args.steps}`  ",
+        f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
+        f"{platform.platform()}; batch 8, evaluation before and after, no checkpoint inside the steps.",
+        "",
+        f"Fit: overhead = {base / 2**20:.2f} MiB + {per_operator / 2**10:.1f} KiB x distinct operators "
+        f"+ {per_value:.0f} B x values",
+        "",
+        "| bundle | operators | values | measured overhead MiB | fit MiB | fit error | manifest's overhead MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in measured:
+        fitted = base + per_operator * m.operators + per_value * m.values
+        lines.append(
+            f"| {m.label} | {m.operators} | {m.values} | {m.overhead_bytes / 2**20:.2f} | {fitted / 2**20:.2f} "
+            f"| {(fitted - m.overhead_bytes) / 2**20:+.2f} | {m.predicted_overhead_bytes / 2**20:.2f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.write_text(text)
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
