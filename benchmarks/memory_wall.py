@@ -162,7 +162,7 @@ class Bench:
     def eager_step_seconds(self, plan: TrainingPlan) -> float:
         model = prepare_for_training_export(apply_model_techniques(self.model, plan))
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = _torch_optimizer(plan.optimizer, params)
+        optimizer = plan.optimizer.torch_optimizer(params)
         x = self.personal.images[: self.batch]
         y = self.personal.labels[: self.batch]
         times = []
@@ -189,7 +189,7 @@ class Bench:
     def _personalized(self, plan: TrainingPlan, lr: float, data: DigitsSplit) -> torch.nn.Module:
         model = prepare_for_training_export(apply_model_techniques(copy.deepcopy(self.model), plan))
         config = dataclasses.replace(plan.optimizer, lr=lr)
-        optimizer = _torch_optimizer(config, [p for p in model.parameters() if p.requires_grad])
+        optimizer = config.torch_optimizer([p for p in model.parameters() if p.requires_grad])
         stream = Batches(data, self.batch, seed=0).from_position(0)
         for _ in range(self.args.accuracy_steps):
             x, y = next(stream)
@@ -203,14 +203,6 @@ def _split_fifth(data: DigitsSplit) -> tuple[DigitsSplit, DigitsSplit]:
     """Four fifths to train on and every fifth sample to validate on (the split is stratified, so is this)."""
     held = torch.arange(len(data)) % 5 == 4
     return DigitsSplit(data.images[~held], data.labels[~held]), DigitsSplit(data.images[held], data.labels[held])
-
-
-def _torch_optimizer(config: OptimizerConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    if config.kind == "adamw":
-        return torch.optim.AdamW(
-            params, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
-        )
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def main() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -30,6 +31,21 @@ class OptimizerConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.nesterov and (self.momentum == 0 or self.dampening != 0):
             raise ValueError("nesterov needs momentum > 0 and dampening == 0 (as in torch.optim.SGD)")
+
+    def torch_optimizer(self, params: Iterable[Any]) -> Any:
+        """The same optimizer in eager PyTorch (``torch.optim.SGD`` / ``AdamW``), the reference the runtimes match."""
+        import torch
+
+        if self.kind == "adamw":
+            return torch.optim.AdamW(params, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay)
+        return torch.optim.SGD(
+            params,
+            lr=self.lr,
+            momentum=self.momentum,
+            dampening=self.dampening,
+            weight_decay=self.weight_decay,
+            nesterov=self.nesterov,
+        )
 
     @property
     def update_needs_workspace(self) -> bool:

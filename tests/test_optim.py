@@ -17,21 +17,6 @@ CONFIGS = {
 }
 
 
-def _torch_optimizer(config: OptimizerConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-    if config.kind == "adamw":
-        return torch.optim.AdamW(
-            params, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
-        )
-    return torch.optim.SGD(
-        params,
-        lr=config.lr,
-        momentum=config.momentum,
-        dampening=config.dampening,
-        weight_decay=config.weight_decay,
-        nesterov=config.nesterov,
-    )
-
-
 @pytest.mark.parametrize("name", CONFIGS)
 def test_updates_equal_torch_optim(name: str) -> None:
     config = CONFIGS[name]
@@ -39,7 +24,7 @@ def test_updates_equal_torch_optim(name: str) -> None:
     shapes = {"conv.weight": (8, 4, 3, 3), "conv.bias": (8,), "fc.weight": (10, 32)}
     ours = {n: torch.randn(s, generator=gen) for n, s in shapes.items()}
     reference = [p.clone().requires_grad_() for p in ours.values()]
-    optimizer, torch_optimizer = Optimizer(config, ours), _torch_optimizer(config, reference)
+    optimizer, torch_optimizer = Optimizer(config, ours), config.torch_optimizer(reference)
     for _ in range(5):
         grads = {n: torch.randn(s, generator=gen) for n, s in shapes.items()}
         for p, g in zip(reference, grads.values(), strict=True):
