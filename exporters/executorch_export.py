@@ -160,10 +160,9 @@ def export_executorch(
         runtime_overhead_bytes=RUNTIME_OVERHEAD_BASE_BYTES
         + RUNTIME_OVERHEAD_PER_VALUE_BYTES * program_values(program.executorch_program),
         delegate_memory_bytes=delegate_bytes,
-        # The profile finds weights and gradients through the gradient outputs, which a fused program has not.
-        memory_profile=None
-        if fused is not None
-        else profile_planned_method(program.exported_program(TRAIN_METHOD), TRAIN_METHOD, arenas[TRAIN_METHOD]),
+        memory_profile=profile_planned_method(
+            program.exported_program(TRAIN_METHOD), TRAIN_METHOD, arenas[TRAIN_METHOD]
+        ),
         # With the update in the program, optimizer state is mutable buffers in the planned arena.
         optimizer_state_tensors=0 if fused is not None else None,
         consumes_gradients=fused is not None,

@@ -8,7 +8,8 @@ the arena, not an estimate. Each tensor is put in one component:
 - ``inputs``: the batch (input, labels);
 - ``trainable_weights``: parameters the step trains (a training program plans them into its arena);
 - ``saved_activations``: forward values that backward reads (alive from their forward op into backward);
-- ``gradients``: the gradient outputs;
+- ``gradients``: the gradient outputs (in a program with the fused update, the gradients its update reads);
+- ``optimizer_state``: optimizer state buffers (only a program with the fused update plans them);
 - ``workspace``: everything else (forward transients, backward intermediates, loss and logits).
 
 The profile is written into the bundle (``memory_profile.json``) by the exporter: ``memwall analyze`` reads
@@ -24,11 +25,12 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
 from torch.fx import Node
 
+from exporters.node_roles import GRADIENT_OF, OPTIMIZER_STATE_OF
 from exporters.techniques.freeze import parameter_block
 
 PROFILE_FILE = "memory_profile.json"
 PROFILE_VERSION = 1
-COMPONENTS = ("inputs", "trainable_weights", "saved_activations", "gradients", "workspace")
+COMPONENTS = ("inputs", "trainable_weights", "saved_activations", "gradients", "optimizer_state", "workspace")
 NO_LAYER = "(graph)"  # values that derive from no parameter: loss arithmetic, label encoding
 
 
@@ -39,6 +41,7 @@ class LayerMemory:
     frozen_weight_bytes: int
     gradient_bytes: int
     saved_activation_bytes: int
+    optimizer_state_bytes: int = 0  # in the planned arena: only with the fused update
 
 
 @dataclass(frozen=True)
@@ -98,14 +101,22 @@ def profile_planned_method(program: ExportedProgram, method: str, arena_bytes: i
     nodes = list(graph.nodes)
     index = {node: i for i, node in enumerate(nodes)}
     outputs = list(graph.output_node().args[0])
-    kinds = [spec.kind for spec in signature.output_specs]
+    specs = list(signature.output_specs)
+    if len(specs) != len(outputs):  # the emitter drops buffer mutations (the fused update's) from the output node
+        specs = [spec for spec in specs if spec.kind != OutputKind.BUFFER_MUTATION]
+    kinds = [spec.kind for spec in specs]
     # A gradient is a getitem of a *_backward op: match its spec, which the op node lists too.
+    gradient_of = {
+        node: out.target or ""
+        for node, out in zip(outputs, specs, strict=True)
+        if out.kind == OutputKind.GRADIENT_TO_PARAMETER
+    }
+    gradient_of.update({node: node.meta[GRADIENT_OF] for node in nodes if GRADIENT_OF in node.meta})
     gradient_layers = {
         id(spec): key[0]
-        for node, out in zip(outputs, signature.output_specs, strict=True)
-        if out.kind == OutputKind.GRADIENT_TO_PARAMETER
+        for node, target in gradient_of.items()
         for spec in _specs(node)
-        if (key := parameter_block((out.target or "").removeprefix("model."))) is not None
+        if (key := parameter_block(target.removeprefix("model."))) is not None
     }
     forward = _ancestors(
         [
@@ -126,7 +137,8 @@ def profile_planned_method(program: ExportedProgram, method: str, arena_bytes: i
     layer_of: dict[Node, str] = {}
     for node in nodes:
         if node.op == "placeholder" and node.name in weight_names:
-            key = parameter_block(weight_names[node.name].removeprefix("model."))
+            owner = node.meta.get(OPTIMIZER_STATE_OF, weight_names[node.name])
+            key = parameter_block(owner.removeprefix("model."))
             if key is not None:
                 layer_of[node] = key[0]
         elif node.op == "call_function":
@@ -139,7 +151,7 @@ def profile_planned_method(program: ExportedProgram, method: str, arena_bytes: i
                 layer_of[node] = chosen[-1]
 
     user_inputs = {spec.arg.name for spec in signature.input_specs if spec.kind == InputKind.USER_INPUT}
-    trained = {spec.target for spec in signature.output_specs if spec.kind == OutputKind.GRADIENT_TO_PARAMETER}
+    trained = set(gradient_of.values())
     owners: dict[int, tuple[Any, Node]] = {}
     for node in nodes:
         if _op_name(node) == "alloc":
@@ -153,7 +165,13 @@ def profile_planned_method(program: ExportedProgram, method: str, arena_bytes: i
     def layer_row(name: str) -> dict[str, int]:
         return per_layer.setdefault(
             name,
-            {"trainable_weight_bytes": 0, "frozen_weight_bytes": 0, "gradient_bytes": 0, "saved_activation_bytes": 0},
+            {
+                "trainable_weight_bytes": 0,
+                "frozen_weight_bytes": 0,
+                "gradient_bytes": 0,
+                "saved_activation_bytes": 0,
+                "optimizer_state_bytes": 0,
+            },
         )
 
     for spec, node in owners.values():
@@ -163,12 +181,16 @@ def profile_planned_method(program: ExportedProgram, method: str, arena_bytes: i
         size = int(spec.allocated_memory)
         layer = layer_of.get(node, NO_LAYER)
         if node.op == "placeholder":
-            target = signature.inputs_to_parameters.get(node.name)
+            target = weight_names.get(node.name)  # with the fused update, trained parameters are buffers
             if node.name in user_inputs:
                 component = "inputs"
             elif target in trained:
                 component = "trainable_weights"
                 layer_row(layer)["trainable_weight_bytes"] += size
+            elif OPTIMIZER_STATE_OF in node.meta:
+                component = "optimizer_state"
+                key = parameter_block(node.meta[OPTIMIZER_STATE_OF].removeprefix("model."))
+                layer_row(key[0] if key else NO_LAYER)["optimizer_state_bytes"] += size
             else:
                 component = "workspace"
         elif id(spec) in gradient_layers:

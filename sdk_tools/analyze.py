@@ -33,11 +33,16 @@ LABELS = {
 }
 
 
+# Arena components the profile's timeline splits out at its peak op; the arena's rest is workspace.
+ARENA_PROFILED = ("trainable_weights", "gradients", "optimizer_state", "saved_activations")
+
+
 @dataclass(frozen=True)
 class Analysis:
     bundle: Bundle
     components: dict[str, int]  # LABELS keys -> bytes; they sum to the predicted peak
     profile: MemoryProfile | None
+    arena: dict[str, int]  # the part of each component inside the planned arena (the profile's timeline)
 
     @property
     def predicted_peak_bytes(self) -> int:
@@ -64,22 +69,18 @@ def analyze_bundle(bundle: Bundle) -> Analysis:
     profile = load_profile(bundle)
     if profile is not None:
         at_peak = profile.peak_components()
-        arena = {
-            "trainable_weights": at_peak["trainable_weights"],
-            "gradients": at_peak["gradients"],
-            "saved_activations": at_peak["saved_activations"],
-        }
+        arena = {key: at_peak.get(key, 0) for key in ARENA_PROFILED}
         arena["workspace"] = mem.planned_arena_bytes - sum(arena.values())
     else:
-        # Without a profile (ONNX Runtime; an ExecuTorch program with the fused update, whose gradients are no
-        # outputs to find them by) the arena is one figure with no split by component.
+        # Without a profile (ONNX Runtime) the arena is one figure with no split by component.
         arena = {"workspace": mem.planned_arena_bytes}
     frozen = min(mem.frozen_parameter_bytes, mem.program_bytes)
     components = {
         "frozen_weights": frozen,
         "program": mem.program_bytes - frozen,
         **arena,
-        "optimizer_state": mem.optimizer_state_bytes,
+        # App-side state (the manifest's) plus, with the fused update, the state buffers in the arena.
+        "optimizer_state": mem.optimizer_state_bytes + arena.get("optimizer_state", 0),
         "optimizer_workspace": mem.optimizer_workspace_bytes,
         "evaluation": mem.evaluation_arena_bytes,
         "accumulation": mem.gradient_accumulation_bytes,
@@ -87,7 +88,7 @@ def analyze_bundle(bundle: Bundle) -> Analysis:
         "runtime_overhead": mem.runtime_overhead_bytes,
     }
     ordered = {key: components.get(key, 0) for key in LABELS}
-    return Analysis(bundle, ordered, profile)
+    return Analysis(bundle, ordered, profile, arena)
 
 
 def format_analysis(analysis: Analysis) -> str:
@@ -106,8 +107,7 @@ def format_analysis(analysis: Analysis) -> str:
     profile = analysis.profile
     if profile is None:
         lines.append(
-            "(no per-layer breakdown or timeline: the bundle carries no memory profile; ExecuTorch bundles without "
-            "the fused update do)"
+            "(no per-layer breakdown or timeline: the bundle carries no memory profile; ExecuTorch bundles do)"
         )
         return "\n".join(lines)
     lines += [
@@ -115,13 +115,23 @@ def format_analysis(analysis: Analysis) -> str:
         f"training step: {len(profile.ops)} ops, backward from op {profile.backward_start}; arena "
         f"{mib(profile.arena_bytes)} (peak of live tensors {mib(profile.peak_live_bytes)} at op {profile.peak_op}, "
         f"{profile.ops[profile.peak_op]})",
-        f"{'layer':<22} {'trainable':>10} {'frozen':>10} {'gradients':>10} {'saved act.':>10}   (MiB)",
     ]
+    # Optimizer state lives in the arena only with the fused update: a column only where some layer has it.
+    state = any(layer.optimizer_state_bytes for layer in profile.layers)
+    header = f"{'layer':<22} {'trainable':>10} {'frozen':>10} {'gradients':>10} {'saved act.':>10}"
+    lines.append(header + (f" {'opt. state':>10}" if state else "") + "   (MiB)")
     for layer in profile.layers:
-        lines.append(
-            f"{layer.name:<22} {layer.trainable_weight_bytes / 2**20:10.3f} {layer.frozen_weight_bytes / 2**20:10.3f} "
-            f"{layer.gradient_bytes / 2**20:10.3f} {layer.saved_activation_bytes / 2**20:10.3f}"
+        row = f"{layer.name:<22}" + "".join(
+            f" {value / 2**20:10.3f}"
+            for value in (
+                layer.trainable_weight_bytes,
+                layer.frozen_weight_bytes,
+                layer.gradient_bytes,
+                layer.saved_activation_bytes,
+                *((layer.optimizer_state_bytes,) if state else ()),
+            )
         )
+        lines.append(row)
     return "\n".join(lines)
 
 
@@ -136,17 +146,15 @@ def plot_analysis(analysis: Analysis, path: Path) -> Path:
     fig, axes = plt.subplots(2 if profile else 1, 1, figsize=(11, 8 if profile else 4), squeeze=False)
     ax = axes[0][0]
     resident = {
-        k: v
-        for k, v in analysis.components.items()
-        if k not in ("trainable_weights", "gradients", "saved_activations", "workspace") and v
+        k: v - analysis.arena.get(k, 0) for k, v in analysis.components.items() if v - analysis.arena.get(k, 0) > 0
     }
     if profile:
         steps = range(len(profile.ops))
         base = sum(resident.values())
         layers = [[v / 2**20 for v in [base] * len(profile.ops)]]
         labels = ["resident: " + ", ".join(LABELS[k].split(" (")[0] for k in resident)]
-        for component in ("trainable_weights", "gradients", "saved_activations", "inputs", "workspace"):
-            layers.append([v / 2**20 for v in profile.timeline[component]])
+        for component in (*ARENA_PROFILED, "inputs", "workspace"):
+            layers.append([v / 2**20 for v in profile.timeline.get(component, [0] * len(profile.ops))])
             labels.append(component.replace("_", " "))
         ax.stackplot(steps, layers, labels=labels, alpha=0.85)
         ax.axvline(profile.backward_start, color="black", linestyle=":", label="backward starts")

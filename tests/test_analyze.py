@@ -13,8 +13,8 @@ from PIL import Image
 from exporters import OptimizerConfig
 from exporters.bundle import Bundle
 from exporters.plan import TrainingPlan, export_plan
-from exporters.techniques import FreezeConfig
-from sdk_tools.analyze import analyze_bundle, format_analysis, load_profile
+from exporters.techniques import FreezeConfig, FusedUpdateConfig
+from sdk_tools.analyze import analyze_bundle, format_analysis, load_profile, plot_analysis
 from sdk_tools.models import build_model
 from tests.conftest import MOBILENET_BLOCKS
 
@@ -70,6 +70,29 @@ def test_freezing_shows_where_memory_went(full: Bundle, tmp_path: Path) -> None:
     assert after.components["frozen_weights"] > 0 == before.components["frozen_weights"]
     frozen_layers = {layer.name for layer in load_profile(head).layers if layer.frozen_weight_bytes}  # type: ignore[union-attr]
     assert "features.3" in frozen_layers and "classifier" not in frozen_layers
+
+
+def test_fused_update_profile_shows_state_in_the_arena_and_short_lived_gradients(full: Bundle, tmp_path: Path) -> None:
+    plan = TrainingPlan(optimizer=OptimizerConfig("adamw"), fused_update=FusedUpdateConfig())
+    fused = _export(tmp_path, "fused", plan)
+    profile = load_profile(fused)
+    assert profile is not None and profile.arena_bytes == fused.manifest.memory.planned_arena_bytes
+    trainable = fused.manifest.memory.trainable_parameter_bytes
+    # The parameters (now mutable buffers) and AdamW's two state tensors each are planned for the whole step.
+    assert profile.timeline["trainable_weights"][0] == pytest.approx(trainable, rel=0.01)
+    assert profile.timeline["optimizer_state"][0] == pytest.approx(2 * trainable, rel=0.01)
+    # Each gradient dies at its update: never all of them at once, as the app-side update needs them.
+    gradients = profile.timeline["gradients"]
+    assert 0 < max(gradients) < 0.5 * trainable <= load_profile(full).timeline["gradients"][-1]  # type: ignore[union-attr]
+    assert gradients[-1] < 0.5 * trainable
+    assert sum(layer.optimizer_state_bytes for layer in profile.layers) == pytest.approx(2 * trainable, rel=0.01)
+    analysis = analyze_bundle(fused)
+    assert analysis.predicted_peak_bytes == fused.manifest.memory.predicted_peak_bytes
+    assert analysis.components["optimizer_state"] == analysis.arena["optimizer_state"] > 0
+    text = format_analysis(analysis)
+    assert "opt. state" in text and "features.6" in text
+    image = Image.open(plot_analysis(analysis, tmp_path / "fused.png"))
+    assert image.size[0] > 500
 
 
 def test_onnxruntime_bundle_gets_the_component_table(tmp_path: Path) -> None:

@@ -57,25 +57,10 @@ def export_fused(
     return ExportedCase(name, prepare_for_training_export(model), shape, bundle)
 
 
-def torch_optimizer(config: OptimizerConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    if config.kind == "adamw":
-        return torch.optim.AdamW(
-            model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
-        )
-    return torch.optim.SGD(
-        model.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        dampening=config.dampening,
-        weight_decay=config.weight_decay,
-        nesterov=config.nesterov,
-    )
-
-
 def track_eager(case: ExportedCase, session: ExecuTorchSession, steps: int, *, lr_at: dict[int, float] | None = None):
     """Train the session and eager PyTorch with torch.optim side by side; returns the eager model."""
     eager = case.fresh_eager()
-    optimizer = torch_optimizer(OptimizerConfig.from_json(case.bundle.manifest.optimizer), eager)
+    optimizer = OptimizerConfig.from_json(case.bundle.manifest.optimizer).torch_optimizer(eager.parameters())
     for step in range(steps):
         if lr_at and step in lr_at:
             session.lr = lr_at[step]

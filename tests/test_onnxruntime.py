@@ -120,10 +120,7 @@ def eager_model(model: str) -> nn.Module:
 
 
 def eager_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if config.kind == "adamw":
-        return torch.optim.AdamW(params, config.lr, config.betas, config.eps, config.weight_decay)
-    return torch.optim.SGD(params, config.lr, config.momentum, config.dampening, config.weight_decay)
+    return config.torch_optimizer([p for p in model.parameters() if p.requires_grad])
 
 
 def eager_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_name: str, inputs, labels) -> float:

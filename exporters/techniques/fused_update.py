@@ -46,6 +46,7 @@ from torch.fx import Graph, Node
 from torch.utils import _pytree as pytree
 
 from exporters.config import OptimizerConfig
+from exporters.node_roles import GRADIENT_OF, OPTIMIZER_STATE_OF
 
 if TYPE_CHECKING:
     from executorch.exir import EdgeProgramManager
@@ -219,6 +220,7 @@ def _fuse(ep: ExportedProgram, optimizer: OptimizerConfig, config: FusedUpdateCo
         for fqn in gradients:
             for kind in kinds:
                 node = build.placeholder(f"b_optimizer_{kind}_{fqn.replace('.', '_')}", params[fqn].node.meta["val"])
+                node.meta[OPTIMIZER_STATE_OF] = fqn
                 state[fqn, kind] = _Buffer(f"optimizer.{kind}.{fqn}", f"{STATE_PREFIX}{kind}/{fqn}", node)
     with graph.inserting_after(placeholders[user_specs[-1].arg.name]):
         step = build.placeholder(STEP_INPUT, torch.zeros((), dtype=torch.int64))
@@ -235,6 +237,7 @@ def _fuse(ep: ExportedProgram, optimizer: OptimizerConfig, config: FusedUpdateCo
     order = {node: i for i, node in enumerate(graph.nodes)}
     for fqn, grad in gradients.items():
         param = params[fqn]
+        grad.meta[GRADIENT_OF] = fqn  # no output spec names it any more: the memory profile finds it by this
         # After every read of the old weights (backward reads them to propagate further) and of the gradient. The
         # planner keeps all outputs of a multi-output op (convolution_backward) alive until its last getitem.
         siblings = list(grad.args[0].users) if grad.target is operator.getitem else []
