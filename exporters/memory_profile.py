@@ -3,12 +3,15 @@ by layer, and as a timeline over forward and backward.
 
 The ExecuTorch memory planner gives every tensor of a method a lifetime (first and last node index) and a
 place in the arena; this module reads those plans back from the planned graph, so the profile is exact for
-the arena, not an estimate. Each tensor is put in one component:
+the arena, not an estimate. ONNX Runtime plans at run time; its profile follows the allocation plan the
+exporter predicts ORT's buffers with (``onnx_recompute.allocate``), plus the gradient accumulation buffers
+(ORT's weights are session state, outside that arena). Each tensor is put in one component:
 
 - ``inputs``: the batch (input, labels);
 - ``trainable_weights``: parameters the step trains (a training program plans them into its arena);
 - ``saved_activations``: forward values that backward reads (alive from their forward op into backward);
-- ``gradients``: the gradient outputs (in a program with the fused update, the gradients its update reads);
+- ``gradients``: the gradient outputs (with the fused update, the gradients its update reads; ORT: also the
+  accumulation buffers);
 - ``optimizer_state``: optimizer state buffers (only a program with the fused update plans them);
 - ``workspace``: everything else (forward transients, backward intermediates, loss and logits).
 
@@ -18,8 +21,10 @@ it with the manifest and needs neither the model nor the runtime.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
@@ -27,6 +32,13 @@ from torch.fx import Node
 
 from exporters.node_roles import GRADIENT_OF, OPTIMIZER_STATE_OF
 from exporters.techniques.freeze import parameter_block
+
+if TYPE_CHECKING:
+    import onnx
+
+    from exporters.techniques.onnx_recompute import TrainingGraphRoles
+
+T = TypeVar("T")
 
 PROFILE_FILE = "memory_profile.json"
 PROFILE_VERSION = 1
@@ -116,7 +128,7 @@ def profile_planned_method(program: ExportedProgram, method: str, arena_bytes: i
         id(spec): key[0]
         for node, target in gradient_of.items()
         for spec in _specs(node)
-        if (key := parameter_block(target.removeprefix("model."))) is not None
+        if (key := _block(target)) is not None
     }
     forward = _ancestors(
         [
@@ -130,25 +142,19 @@ def profile_planned_method(program: ExportedProgram, method: str, arena_bytes: i
     backward_start = max(forward_ops) + 1 if forward_ops else 0
     forward_end = index[ops[backward_start - 1]] if backward_start else -1
 
-    # Layers: a parameter's block; an op takes the block of a weight it reads, else of its inputs (a
-    # backward op prefers the forward values it reads: those are the layer whose gradient it computes).
     weight_names = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
     weight_names.update(signature.inputs_to_lifted_tensor_constants)
-    layer_of: dict[Node, str] = {}
-    for node in nodes:
-        if node.op == "placeholder" and node.name in weight_names:
-            owner = node.meta.get(OPTIMIZER_STATE_OF, weight_names[node.name])
-            key = parameter_block(owner.removeprefix("model."))
-            if key is not None:
-                layer_of[node] = key[0]
-        elif node.op == "call_function":
-            inputs = node.all_input_nodes
-            direct = [layer_of[a] for a in inputs if a.op == "placeholder" and a in layer_of]
-            via_forward = [layer_of[a] for a in inputs if a in forward and a in layer_of]
-            via_any = [layer_of[a] for a in inputs if a in layer_of]
-            chosen = direct or (via_any if node in forward else via_forward or via_any)
-            if chosen:
-                layer_of[node] = chosen[-1]
+    weight_layers = {
+        node: key[0]
+        for node in nodes
+        if node.op == "placeholder" and node.name in weight_names
+        if (key := _block(node.meta.get(OPTIMIZER_STATE_OF, weight_names[node.name]))) is not None
+    }
+    layer_of = _assign_layers(
+        weight_layers,
+        [(node.all_input_nodes, [node]) for node in nodes if node.op == "call_function"],
+        forward,
+    )
 
     user_inputs = {spec.arg.name for spec in signature.input_specs if spec.kind == InputKind.USER_INPUT}
     trained = set(gradient_of.values())
@@ -159,21 +165,9 @@ def profile_planned_method(program: ExportedProgram, method: str, arena_bytes: i
         for spec in _specs(node):
             owners.setdefault(id(spec), (spec, node))
 
-    starts = {c: [0] * (len(nodes) + 1) for c in COMPONENTS}
-    per_layer: dict[str, dict[str, int]] = {}
-
-    def layer_row(name: str) -> dict[str, int]:
-        return per_layer.setdefault(
-            name,
-            {
-                "trainable_weight_bytes": 0,
-                "frozen_weight_bytes": 0,
-                "gradient_bytes": 0,
-                "saved_activation_bytes": 0,
-                "optimizer_state_bytes": 0,
-            },
-        )
-
+    intervals: list[tuple[str, int, int, int]] = []
+    per_layer = _LayerTable()
+    layer_row = per_layer.row
     for spec, node in owners.values():
         first, last = spec.lifetime
         if first is None or last is None:
@@ -189,7 +183,7 @@ def profile_planned_method(program: ExportedProgram, method: str, arena_bytes: i
                 layer_row(layer)["trainable_weight_bytes"] += size
             elif OPTIMIZER_STATE_OF in node.meta:
                 component = "optimizer_state"
-                key = parameter_block(node.meta[OPTIMIZER_STATE_OF].removeprefix("model."))
+                key = _block(node.meta[OPTIMIZER_STATE_OF])
                 layer_row(key[0] if key else NO_LAYER)["optimizer_state_bytes"] += size
             else:
                 component = "workspace"
@@ -201,29 +195,72 @@ def profile_planned_method(program: ExportedProgram, method: str, arena_bytes: i
             layer_row(layer)["saved_activation_bytes"] += size
         else:
             component = "workspace"
-        starts[component][first] += size
-        starts[component][last + 1] -= size
+        intervals.append((component, size, first, last))
     for target in signature.inputs_to_parameters.values():
-        if target not in trained:
-            key = parameter_block(target.removeprefix("model."))
-            tensor = program.state_dict.get(target)
-            if key is not None and tensor is not None:
-                layer_row(key[0])["frozen_weight_bytes"] += tensor.numel() * tensor.element_size()
+        tensor = program.state_dict.get(target)
+        if target not in trained and (key := _block(target)) is not None and tensor is not None:
+            layer_row(key[0])["frozen_weight_bytes"] += tensor.numel() * tensor.element_size()
+    timeline = _timeline(intervals, [index[op] for op in ops], len(nodes))
+    forward_layers = [layer_of[op] for op in ops if op in forward and op in layer_of]
+    return _profile(
+        method, arena_bytes, [_op_name(op) for op in ops], backward_start, timeline, forward_layers, per_layer
+    )
 
-    timeline: dict[str, list[int]] = {}
-    for component, deltas in starts.items():
-        live, running = [], 0
-        positions = iter(index[op] for op in ops)
-        target = next(positions, None)
-        for i, delta in enumerate(deltas[:-1]):
-            running += delta
-            if i == target:
-                live.append(running)
-                target = next(positions, None)
-        timeline[component] = live
+
+def _block(name: str) -> tuple[str, ...] | None:
+    return parameter_block(name.removeprefix("model."))
+
+
+def _assign_layers(
+    weights: dict[T, str], ops: Iterable[tuple[Sequence[T], Sequence[T]]], forward: Collection[T]
+) -> dict[T, str]:
+    """Layer of every value: a weight's is its parameter's block; an op's outputs take the block of a weight the
+    op reads, else of its inputs (a backward op prefers the forward values it reads: those are the layer whose
+    gradient it computes). ``ops``: (inputs, outputs) in execution order."""
+    layer_of = dict(weights)
+    for inputs, outputs in ops:
+        direct = [weights[a] for a in inputs if a in weights]
+        via_forward = [layer_of[a] for a in inputs if a in forward and a in layer_of]
+        via_any = [layer_of[a] for a in inputs if a in layer_of]
+        chosen = direct or (via_any if any(o in forward for o in outputs) else via_forward or via_any)
+        if chosen:
+            layer_of.update((o, chosen[-1]) for o in outputs)
+    return layer_of
+
+
+class _LayerTable(dict[str, dict[str, int]]):
+    def row(self, name: str) -> dict[str, int]:
+        fields = [f for f in LayerMemory.__dataclass_fields__ if f != "name"]
+        return self.setdefault(name, dict.fromkeys(fields, 0))
+
+
+def _timeline(
+    intervals: Iterable[tuple[str, int, int, int]], samples: Sequence[int], length: int
+) -> dict[str, list[int]]:
+    """Live bytes of each component at each of ``samples`` (positions), from ``(component, bytes, first, last)``."""
+    deltas = {c: [0] * (length + 1) for c in COMPONENTS}
+    for component, size, first, last in intervals:
+        deltas[component][first] += size
+        deltas[component][last + 1] -= size
+    timeline = {}
+    for component, changes in deltas.items():
+        running = list(itertools.accumulate(changes))
+        timeline[component] = [running[i] for i in samples]
+    return timeline
+
+
+def _profile(
+    method: str,
+    arena_bytes: int,
+    ops: list[str],
+    backward_start: int,
+    timeline: dict[str, list[int]],
+    forward_layers: Iterable[str],
+    per_layer: dict[str, dict[str, int]],
+) -> MemoryProfile:
     totals = [sum(values) for values in zip(*timeline.values(), strict=True)]
     peak_op = max(range(len(totals)), key=totals.__getitem__) if totals else 0
-    order = list(dict.fromkeys(layer_of[op] for op in ops if op in forward and op in layer_of))
+    order = list(dict.fromkeys(forward_layers))  # layers in forward order, then those only backward touches
     order += [name for name in per_layer if name not in order]
     return MemoryProfile(
         method=method,
@@ -231,7 +268,80 @@ def profile_planned_method(program: ExportedProgram, method: str, arena_bytes: i
         peak_live_bytes=totals[peak_op] if totals else 0,
         peak_op=peak_op,
         backward_start=backward_start,
-        ops=[_op_name(op) for op in ops],
+        ops=ops,
         timeline=timeline,
         layers=[LayerMemory(name, **per_layer[name]) for name in order if name in per_layer],
+    )
+
+
+def profile_onnx_training(
+    model: onnx.ModelProto,
+    *,
+    batch: int,
+    batch_dim: str,
+    roles: TrainingGraphRoles,
+    trainable: Collection[str],
+    arena_bytes: int,
+) -> MemoryProfile:
+    """Profile ORT's training graph ``model`` from the allocation plan the exporter predicts with
+    (``onnx_recompute.allocate``: ORT's execution order and buffer reuse). ORT's arena-like part is the
+    gradient accumulation buffers (alive for the whole step) plus the per-call buffers; weights live in the
+    sessions' checkpoint state, outside it, so ``trainable_weights`` is zero here."""
+    from exporters.techniques.onnx_recompute import Op, allocate, as_ort_runs, declared_shapes, tensor_infos
+
+    graph_outputs = {value.name for value in model.graph.output}
+    ops = as_ort_runs([Op.of(node) for node in model.graph.node], graph_outputs)
+    infos = tensor_infos(model, batch, batch_dim)
+    plan = allocate(ops, infos, graph_outputs, declared_shapes(model))
+    producer = {name: index for index, op in enumerate(ops) for name in op.outputs if name}
+    forward_ops: set[int] = set()
+    stack = [producer[name] for name in roles.forward_outputs if name in producer]
+    while stack:
+        index = stack.pop()
+        if index not in forward_ops:
+            forward_ops.add(index)
+            stack.extend(producer[name] for name in ops[index].inputs if name in producer)
+    # ORT runs a few backward ops early (the loss-scale seed, shape ops): backward starts after the last forward op.
+    backward_start = 1 + max((step for step, index in enumerate(plan.order) if index in forward_ops), default=-1)
+    forward_values = {name for index in forward_ops for name in ops[index].outputs if name}
+    weight_layers = {name: key[0] for name in roles.parameters if (key := _block(name)) is not None}
+    layer_of = _assign_layers(weight_layers, [(ops[i].inputs, ops[i].outputs) for i in plan.order], forward_values)
+    per_layer = _LayerTable()
+    gradient_of = {f"{name}_grad": name for name in trainable}
+    buffer_bytes = 0
+    for name in trainable:
+        info = infos.get(name)
+        key = _block(name)
+        size = info.nbytes if info else 0
+        buffer_bytes += size
+        row = per_layer.row(key[0] if key else NO_LAYER)
+        row["gradient_bytes"] += size  # its accumulation buffer
+        row["trainable_weight_bytes"] += size  # in the sessions' state, not in the timeline's arena
+    for name in roles.parameters - set(trainable):
+        info, key = infos.get(name), _block(name)
+        if info is not None and key is not None:
+            per_layer.row(key[0])["frozen_weight_bytes"] += info.nbytes
+    steps = len(plan.order)
+    intervals = [("gradients", buffer_bytes, 0, steps - 1)]
+    for name, size, first, last in plan.buffers(infos):
+        layer = layer_of.get(name, NO_LAYER)
+        if name in gradient_of:
+            component = "gradients"
+        elif producer.get(name) in forward_ops and last >= backward_start and name not in graph_outputs:
+            component = "saved_activations"
+            per_layer.row(layer)["saved_activation_bytes"] += size
+        else:
+            component = "workspace"
+        intervals.append((component, size, first, last))
+    timeline = _timeline(intervals, list(range(steps)), steps)
+    # The file's order (torch.onnx writes the forward in module order), not ORT's, which starts from the weights.
+    forward_layers = [layer_of[name] for i in sorted(forward_ops) for name in ops[i].outputs if name in layer_of]
+    return _profile(
+        "train_step",
+        arena_bytes,
+        [ops[i].op_type for i in plan.order],
+        backward_start,
+        timeline,
+        forward_layers,
+        per_layer,
     )

@@ -47,6 +47,7 @@ from exporters.backend import BackendArtifacts
 from exporters.bundle import atomic_write_bytes
 from exporters.config import OptimizerConfig
 from exporters.losses import LossFn, LossSpec
+from exporters.memory_profile import profile_onnx_training
 from exporters.techniques.onnx_recompute import (
     SESSION_CONFIG,
     Op,
@@ -363,10 +364,8 @@ def export_onnxruntime(
         training = onnx.load(work / TRAINING_MODEL)
         _feed_loss_scale(training)
         session_config: dict[str, str] = {}
+        roles = TrainingGraphRoles(frozenset(state_names), frozenset(TRAIN_INPUTS[:2]), frozenset(("loss", "logits")))
         if recompute is not None:
-            roles = TrainingGraphRoles(
-                frozenset(state_names), frozenset(TRAIN_INPUTS[:2]), frozenset(("loss", "logits"))
-            )
             plan = recompute_training_graph(training, recompute, roles, batch=inputs.shape[0], batch_dim=BATCH_DIM)
             if plan.recomputed:
                 session_config |= SESSION_CONFIG
@@ -401,10 +400,19 @@ def export_onnxruntime(
         optimizer_runs_in="onnxruntime" if in_runtime else "app",
         optimizer_kind=optimizer.kind,
     )
+    planned_arena = memory.gradient_buffer_bytes + memory.step_workspace_bytes
     return BackendArtifacts(
         files={role: filename for role, (filename, _) in models.items()} | {"checkpoint": CHECKPOINT},
         # The gradient buffers and the step's workspace: what ORT allocates to run the training method.
-        planned_arena_bytes=memory.gradient_buffer_bytes + memory.step_workspace_bytes,
+        planned_arena_bytes=planned_arena,
+        memory_profile=profile_onnx_training(
+            training,
+            batch=inputs.shape[0],
+            batch_dim=BATCH_DIM,
+            roles=roles,
+            trainable=trainable,
+            arena_bytes=planned_arena,
+        ),
         # The runtime's parameter order is the training graph's input order.
         trainable_names=[value.name for value in training.graph.input if value.name in trainable],
         methods=methods,

@@ -1,7 +1,7 @@
 """``memwall analyze``: a bundle's predicted training memory, by component, by layer and over the step.
 
-Reads only the bundle: the manifest's memory estimate (what is resident besides the step's workspace) and,
-for ExecuTorch bundles, the exporter's memory profile (tensor lifetimes of the planned training method).
+Reads only the bundle: the manifest's memory estimate (what is resident besides the step's workspace) and the
+exporter's memory profile (tensor lifetimes of the training step, from either backend's allocation plan).
 The components add up to the manifest's predicted peak.
 """
 
@@ -107,7 +107,7 @@ def format_analysis(analysis: Analysis) -> str:
     profile = analysis.profile
     if profile is None:
         lines.append(
-            "(no per-layer breakdown or timeline: the bundle carries no memory profile; ExecuTorch bundles do)"
+            "(no per-layer breakdown or timeline: the bundle carries no memory profile; re-export it to get one)"
         )
         return "\n".join(lines)
     lines += [

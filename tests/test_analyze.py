@@ -95,12 +95,30 @@ def test_fused_update_profile_shows_state_in_the_arena_and_short_lived_gradients
     assert image.size[0] > 500
 
 
-def test_onnxruntime_bundle_gets_the_component_table(tmp_path: Path) -> None:
+def test_onnxruntime_profile_follows_the_predicted_allocation_plan(tmp_path: Path) -> None:
     bundle = _export(tmp_path, "ort", TrainingPlan(optimizer=OptimizerConfig("adamw")), backend="onnxruntime")
     analysis = analyze_bundle(bundle)
-    assert analysis.profile is None
+    profile = analysis.profile
+    assert profile is not None and profile.arena_bytes == bundle.manifest.memory.planned_arena_bytes
+    # Live buffers never exceed the memory-pattern block plus the separately allocated tensors they sit in.
+    assert 0.5 * profile.arena_bytes < profile.peak_live_bytes <= profile.arena_bytes
+    trainable = bundle.manifest.memory.trainable_parameter_bytes
+    # ORT's gradient accumulation buffers live for the whole step; the weights are session state, not arena.
+    assert min(profile.timeline["gradients"]) == pytest.approx(trainable, rel=0.01)
+    assert max(profile.timeline["trainable_weights"]) == 0
+    assert profile.timeline["saved_activations"][profile.backward_start - 1] > 0
+    assert profile.timeline["saved_activations"][-1] == 0
+    assert 0 < profile.backward_start < len(profile.ops) and "ConvGrad" in profile.ops[profile.backward_start :]
+    assert [layer.name for layer in profile.layers][:2] == ["features.0", "features.1"]
+    assert sum(layer.gradient_bytes for layer in profile.layers) == pytest.approx(trainable, rel=0.01)
     assert analysis.predicted_peak_bytes == bundle.manifest.memory.predicted_peak_bytes
-    assert "per-layer" in format_analysis(analysis)
+    assert "features.6" in format_analysis(analysis)
+    # Freezing the features: their activations are no longer saved for a weight gradient.
+    head = _export(
+        tmp_path, "ort-head", TrainingPlan(FreezeConfig(last_blocks=0), OptimizerConfig("adamw")), "onnxruntime"
+    )
+    saved = [sum(layer.saved_activation_bytes for layer in load_profile(b).layers) for b in (bundle, head)]  # type: ignore[union-attr]
+    assert saved[1] < saved[0] / 10
 
 
 def test_cli_analyzes_a_model_and_plots(tmp_path: Path) -> None:

@@ -203,21 +203,32 @@ def execution_order(ops: Sequence[Op]) -> list[int]:
     return order
 
 
-def workspace_bytes(
-    ops: Sequence[Op], infos: Mapping[str, TensorInfo], graph_outputs: Collection[str], shaped: Collection[str]
-) -> int:
-    """Bytes ORT allocates for the intermediate tensors of one run of ``ops`` (as ORT runs them).
+@dataclass(frozen=True)
+class Allocation:
+    """ORT's allocation plan for one run of a graph (``allocate``): which values get a buffer of their own, and
+    from which step (position in the execution order) to which. Values that reuse another's buffer (aliases,
+    in-place outputs, freed buffers of the same shape) are folded into the owner's lifetime."""
 
-    ``infos`` gives every value's size; ``shaped`` names the values whose shape ORT knows before the run: the
-    graph's declared ones (``declared_shapes``: ORT infers nothing beyond what ``generate_artifacts`` wrote,
-    measured). ORT 1.19's training build with the memory pattern on (the default, which the runner and the
-    apps keep) plans every tensor of known shape into one block allocated per run. The allocation planner
-    gives a node output the buffer of its input where the kernel aliases it (Reshape, ...) or may overwrite it
-    on its last read, else a freed buffer of the same shape, else a new buffer, which lives from its node to
-    the last reader of every value sharing it; the memory-pattern planner places each new buffer best-fit
-    among those alive at the same time. Graph outputs and tensors of unknown shape are allocated on their own.
-    Returns the block plus the largest sum of those others alive at once.
-    """
+    order: list[int]  # op indices in execution order
+    planned: list[tuple[int, str]]  # (step, value) of each buffer of the memory-pattern block, in allocation order
+    separate: list[tuple[int, str]]  # (step, value) of tensors allocated on their own (graph outputs, unknown shape)
+    last_read: dict[str, int]  # buffer owner -> step of its last read
+    graph_outputs: frozenset[str]
+
+    def buffers(self, infos: Mapping[str, TensorInfo]) -> list[tuple[str, int, int, int]]:
+        """``(owner, bytes, first step, last step)`` of every buffer, as ``workspace_bytes`` counts them."""
+        steps = len(self.order)
+        out = [(name, infos[name].nbytes, step, self.last_read.get(name, steps)) for step, name in self.planned]
+        for step, name in self.separate:
+            last = steps - 1 if name in self.graph_outputs else self.last_read.get(name, step)
+            out.append((name, infos[name].nbytes if name in infos else 0, step, last))
+        return out
+
+
+def allocate(
+    ops: Sequence[Op], infos: Mapping[str, TensorInfo], graph_outputs: Collection[str], shaped: Collection[str]
+) -> Allocation:
+    """ORT 1.19's allocation plan for one run of ``ops`` (as ORT runs them; see ``workspace_bytes``)."""
     order = execution_order(ops)
     produced = {name for op in ops for name in op.outputs if name}
     uses: dict[str, int] = {}
@@ -228,8 +239,8 @@ def workspace_bytes(
     for name in [*graph_outputs, *(name for name in uses if name not in produced)]:
         uses[name] = uses.get(name, 0) + 1  # the caller's: never freed, never overwritten
     buffer: dict[str, str] = {}  # value -> the value whose buffer it uses
-    planned: list[tuple[int, str]] = []  # (step, value) of each new buffer of the block
-    separate: list[tuple[int, str]] = []  # (step, value) of tensors allocated on their own
+    planned: list[tuple[int, str]] = []
+    separate: list[tuple[int, str]] = []
     freelist: list[str] = []
 
     def owner(name: str) -> str:
@@ -266,13 +277,31 @@ def workspace_bytes(
         for name in ops[index].inputs:
             if name in produced:
                 last_read[owner(name)] = step
-    steps = len(order)
-    block = _memory_pattern_bytes([(infos[name].nbytes, step, last_read.get(name, steps)) for step, name in planned])
-    live = [0] * (steps + 2)
-    for step, name in separate:
-        nbytes = infos[name].nbytes if name in infos else 0
-        live[step] += nbytes
-        live[steps if name in graph_outputs else last_read.get(name, step) + 1] -= nbytes
+    return Allocation(order, planned, separate, last_read, frozenset(graph_outputs))
+
+
+def workspace_bytes(
+    ops: Sequence[Op], infos: Mapping[str, TensorInfo], graph_outputs: Collection[str], shaped: Collection[str]
+) -> int:
+    """Bytes ORT allocates for the intermediate tensors of one run of ``ops`` (as ORT runs them).
+
+    ``infos`` gives every value's size; ``shaped`` names the values whose shape ORT knows before the run: the
+    graph's declared ones (``declared_shapes``: ORT infers nothing beyond what ``generate_artifacts`` wrote,
+    measured). ORT 1.19's training build with the memory pattern on (the default, which the runner and the
+    apps keep) plans every tensor of known shape into one block allocated per run. The allocation planner
+    gives a node output the buffer of its input where the kernel aliases it (Reshape, ...) or may overwrite it
+    on its last read, else a freed buffer of the same shape, else a new buffer, which lives from its node to
+    the last reader of every value sharing it; the memory-pattern planner places each new buffer best-fit
+    among those alive at the same time. Graph outputs and tensors of unknown shape are allocated on their own.
+    Returns the block plus the largest sum of those others alive at once.
+    """
+    plan = allocate(ops, infos, graph_outputs, shaped)
+    buffers = plan.buffers(infos)
+    block = _memory_pattern_bytes([(nbytes, first, last) for _, nbytes, first, last in buffers[: len(plan.planned)]])
+    live = [0] * (len(plan.order) + 2)
+    for _, nbytes, first, last in buffers[len(plan.planned) :]:
+        live[first] += nbytes
+        live[last + 1] -= nbytes
     peak = running = 0
     for change in live:
         running += change
