@@ -105,7 +105,7 @@ def measure_row(row: Row, root: Path, steps: int) -> Measured:
     exact = result.predicted_peak_bytes - overhead
     program = deserialize_pte_binary(bundle.path("program").read_bytes()).program
     operators, values = len(program_operators(program)), program_values(program)
-    delegated = bool(bundle.manifest.memory.delegate_memory_bytes)
+    delegated = bool(bundle.manifest.memory.delegate_bytes)
     return Measured(label, operators, values, delegated, result.peak_delta_bytes - exact, overhead)
 
 

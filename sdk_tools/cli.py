@@ -239,6 +239,7 @@ def _train_config(args: argparse.Namespace, **overrides: Any) -> Any:
         data=args.data,
         split=args.split,
         eval_split=args.eval_split or None,
+        eval_samples=args.eval_samples,
         seed=args.seed,
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         **overrides,
@@ -380,6 +381,7 @@ def _add_train_args(parser: argparse.ArgumentParser, steps: int) -> None:
     parser.add_argument("--data", default="digits", help="'digits', 'random' or a .npz with arrays x, y")
     parser.add_argument("--split", default="personal", help="training split of the digits data")
     parser.add_argument("--eval-split", default="personal_test", help="evaluation split ('' to skip)")
+    parser.add_argument("--eval-samples", type=int, help="evaluate on the first N samples only (default: all)")
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", help="checkpoint file (default: BUNDLE/checkpoint.safetensors)")

@@ -165,6 +165,14 @@ def test_crash_mid_save_keeps_previous_checkpoint(mlp: ExportedCase, tmp_path: P
     assert resumed.total_steps == 5
 
 
+def test_evaluation_can_be_limited_to_the_first_samples(mlp: ExportedCase, tmp_path: Path) -> None:
+    config = TrainConfig(steps=1, eval_samples=3, checkpoint=tmp_path / "c.safetensors", progress=False)
+    result = train(mlp.bundle, config)
+    assert result.accuracy_before is not None and round(result.accuracy_before * 3, 6) in (0, 1, 2, 3)
+    with pytest.raises(ValueError, match="eval_samples must be at least 1"):
+        train(mlp.bundle, TrainConfig(steps=1, eval_samples=0, checkpoint=tmp_path / "d.safetensors", progress=False))
+
+
 def test_checkpoint_of_another_bundle_is_refused(mlp: ExportedCase, bundle_copy: Path, tmp_path: Path) -> None:
     path = tmp_path / "ckpt.safetensors"
     train(mlp.bundle, TrainConfig(steps=1, checkpoint=path, progress=False))

@@ -24,7 +24,7 @@ from exporters.losses import encode_labels, resolve_loss
 from sdk_tools.data.loading import Batches, eval_batches
 from sdk_tools.runner.checkpoint import Checkpoint, save_checkpoint
 from sdk_tools.runner.optim import Optimizer
-from sdk_tools.runner.train import TrainConfig, dataset_for
+from sdk_tools.runner.train import TrainConfig, dataset_for, eval_dataset
 
 WARMUP_STEPS = 2  # the second step takes the paths the first skips (momentum buffers, bias correction)
 
@@ -48,8 +48,9 @@ def warm_host_code(bundle: Bundle, config: TrainConfig) -> None:
                 accumulated[name].add_(g).div_(micro)
         for _ in range(WARMUP_STEPS):
             optimizer.step(grads)
-    if config.eval_split:
-        for _, batch_labels, real in eval_batches(dataset_for(bundle, config.data, config.eval_split), logits.shape[0]):
+    eval_data = eval_dataset(bundle, config)
+    if eval_data is not None:
+        for _, batch_labels, real in eval_batches(eval_data, logits.shape[0]):
             int((logits.argmax(dim=-1)[:real] == batch_labels[:real]).sum())
     with tempfile.TemporaryDirectory(prefix="memwall-warmup-") as tmp:
         tensors = {**params, **{f"optimizer/{k}": v for k, v in optimizer.state.items()}}

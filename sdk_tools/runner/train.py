@@ -25,6 +25,8 @@ class TrainConfig:
     data: str = "digits"
     split: str = "personal"
     eval_split: str | None = "personal_test"
+    # Evaluate on the first N samples only: a memory measurement needs the predict method run, not the whole split.
+    eval_samples: int | None = None
     seed: int = 0
     resume: bool = False
     checkpoint: Path | None = None  # default: <bundle>/checkpoint.safetensors
@@ -71,6 +73,18 @@ def dataset_for(bundle: Bundle, name: str, split: str) -> DigitsSplit:
     return load_dataset(name, split, tuple(bundle.manifest.sample_shape), len(bundle.manifest.classes))
 
 
+def eval_dataset(bundle: Bundle, config: TrainConfig) -> DigitsSplit | None:
+    """The evaluation samples ``config`` asks for (``None``: no evaluation)."""
+    if not config.eval_split:
+        return None
+    data = dataset_for(bundle, config.data, config.eval_split)
+    if config.eval_samples is None:
+        return data
+    if config.eval_samples < 1:
+        raise ValueError(f"eval_samples must be at least 1, got {config.eval_samples} (or None: the whole split)")
+    return DigitsSplit(data.images[: config.eval_samples], data.labels[: config.eval_samples])
+
+
 def evaluate(session: TrainingSession, data: DigitsSplit) -> float:
     """Top-1 accuracy of the predict method over every sample of ``data``."""
     correct = 0
@@ -104,7 +118,7 @@ def train(
         ckpt = load_checkpoint(checkpoint_path, bundle)
         session.load_state_tensors(ckpt.steps, ckpt.tensors)
         start_step, position = ckpt.steps, ckpt.data_position
-    eval_data = dataset_for(bundle, config.data, config.eval_split) if config.eval_split else None
+    eval_data = eval_dataset(bundle, config)
     result = TrainResult(steps_run=0, total_steps=start_step)
     if eval_data is not None:
         phase("evaluate_before")
