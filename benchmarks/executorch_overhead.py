@@ -9,9 +9,10 @@ or from the bundle's files: planned arenas, program file, optimizer state, gradi
 memory. What remains is the runtime's: its method structures (one object per value of each method), its
 kernels' code pages faulted in on first use (per distinct operator) and the runner's per-step Python objects.
 The script fits that remainder as ``base + per_value x values`` (least squares over the rows without XNNPACK
-delegates; a distinct-operator term was tried and fitted a negative coefficient) and prints the fit beside each
-row, to be copied into ``exporters/executorch_export.py``. Rows with delegates are listed against the same fit:
-their residual is XNNPACK's own memory that ``delegate_memory_bytes`` does not yet predict.
+delegates; a distinct-operator term was tried and fitted a negative coefficient), then what the rows with
+delegates hold beyond it as ``per_delegated_op x delegated ops`` (XNNPACK builds an operator object per lowered
+op, with its packed weights), and prints the fit beside each row, to be copied into
+``exporters/executorch_export.py`` and ``exporters/techniques/xnnpack_frozen.py``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from exporters.executorch_export import (
 from exporters.plan import TrainingPlan, export_plan
 from exporters.techniques import FreezeConfig, FusedUpdateConfig, RecomputeConfig
 from exporters.techniques.speed_routes import SpeedConfig
+from exporters.techniques.xnnpack_frozen import XNNPACK_PER_DELEGATED_OP_BYTES
 from sdk_tools.measure import measure_training
 from sdk_tools.models import build_model
 from sdk_tools.runner.train import TrainConfig
@@ -67,9 +69,12 @@ def rows() -> list[Row]:
     out += [
         Row(wide, TrainingPlan(full, ADAMW, recompute=RecomputeConfig("auto"))),
         Row(wide, TrainingPlan(full, ADAMW, fused_update=FusedUpdateConfig())),
-        Row(wide, TrainingPlan(FreezeConfig(last_blocks=2), ADAMW, speed=SpeedConfig())),
-        Row(wide, TrainingPlan(bias, ADAMW, speed=SpeedConfig())),
     ]
+    # With XNNPACK delegates (the speed routes), to calibrate the delegates' own memory.
+    speed = SpeedConfig()
+    out += [Row("SmallCNN", TrainingPlan(head, ADAMW, speed=speed))]
+    out += [Row("MobileNetV2 x0.25 32x32", TrainingPlan(plan, ADAMW, speed=speed)) for plan in (head, bias)]
+    out += [Row(wide, TrainingPlan(plan, ADAMW, speed=speed)) for plan in (FreezeConfig(last_blocks=2), bias)]
     return out
 
 
@@ -78,7 +83,7 @@ class Measured:
     label: str
     operators: int
     values: int
-    delegated: bool  # the program has XNNPACK delegates
+    delegated_ops: int  # ops lowered into XNNPACK delegates
     overhead_bytes: int  # measured peak less the exactly predicted components
     predicted_overhead_bytes: int  # what the bundle's manifest predicted for the same remainder
 
@@ -105,17 +110,29 @@ def measure_row(row: Row, root: Path, steps: int) -> Measured:
     exact = result.predicted_peak_bytes - overhead
     program = deserialize_pte_binary(bundle.path("program").read_bytes()).program
     operators, values = len(program_operators(program)), program_values(program)
-    delegated = bool(bundle.manifest.memory.delegate_bytes)
+    xnnpack = next((t["config"] for t in bundle.manifest.techniques if t["name"] == "xnnpack_frozen"), {})
+    delegated = xnnpack.get("delegated_ops", 0)
     return Measured(label, operators, values, delegated, result.peak_delta_bytes - exact, overhead)
 
 
 def fit(measured: list[Measured]) -> tuple[float, float]:
     """Least squares ``overhead = base + per_value * values`` over the rows without delegates."""
-    plain = [m for m in measured if not m.delegated]
+    plain = [m for m in measured if not m.delegated_ops]
     x = torch.tensor([[1.0, m.values] for m in plain], dtype=torch.float64)
     y = torch.tensor([float(m.overhead_bytes) for m in plain], dtype=torch.float64)
     base, per_value = torch.linalg.lstsq(x, y.unsqueeze(1)).solution.squeeze(1).tolist()
     return base, per_value
+
+
+def fit_per_delegated_op(measured: list[Measured], base: float, per_value: float) -> float:
+    """XNNPACK's memory per delegated op (least squares through zero over the rows with delegates): what those
+    rows hold beyond the plain fit, with the per-op term their manifests already predicted added back."""
+    rows = [m for m in measured if m.delegated_ops]
+    residual = [
+        m.overhead_bytes - base - per_value * m.values + XNNPACK_PER_DELEGATED_OP_BYTES * m.delegated_ops for m in rows
+    ]
+    ops = [float(m.delegated_ops) for m in rows]
+    return sum(r * o for r, o in zip(residual, ops, strict=True)) / sum(o * o for o in ops) if rows else 0.0
 
 
 def main() -> None:
@@ -133,7 +150,13 @@ def main() -> None:
             flush=True,
         )
     base, per_value = fit(measured)
-    errors = [abs(base + per_value * m.values - m.overhead_bytes) for m in measured if not m.delegated]
+    per_op = fit_per_delegated_op(measured, base, per_value)
+
+    def fitted(m: Measured) -> float:
+        # Rows with delegates: their overhead is net of the per-op term their manifest predicted.
+        return base + per_value * m.values + (per_op - XNNPACK_PER_DELEGATED_OP_BYTES) * m.delegated_ops
+
+    errors = [abs(fitted(m) - m.overhead_bytes) for m in measured]
     lines = [
         "# ExecuTorch runtime overhead calibration",
         "",
@@ -141,20 +164,24 @@ def main() -> None:
         f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
         f"{platform.platform()}; batch 8, evaluation before and after, no checkpoint inside the steps.",
         "",
-        f"Fit over the {len(errors)} rows without delegates: overhead = {base:,.0f} B ({base / 2**20:.2f} MiB) "
-        f"+ {per_value:.0f} B x values; largest error {max(errors) / 2**20:.2f} MiB. In use "
-        f"(`exporters/executorch_export.py`): {RUNTIME_OVERHEAD_BASE_BYTES:,} B + "
-        f"{RUNTIME_OVERHEAD_PER_VALUE_BYTES} B x values.",
+        f"Fit over the {sum(not m.delegated_ops for m in measured)} rows without delegates: overhead = {base:,.0f} B "
+        f"({base / 2**20:.2f} MiB) + {per_value:.0f} B x values; XNNPACK, over the rows with delegates: "
+        f"{per_op:,.0f} B x delegated ops; largest error {max(errors) / 2**20:.2f} MiB. In use: "
+        f"{RUNTIME_OVERHEAD_BASE_BYTES:,} B + {RUNTIME_OVERHEAD_PER_VALUE_BYTES} B x values "
+        f"(`exporters/executorch_export.py`), {XNNPACK_PER_DELEGATED_OP_BYTES:,} B x delegated ops "
+        "(`exporters/techniques/xnnpack_frozen.py`).",
         "",
-        "| bundle | delegates | operators | values | measured overhead MiB | fit MiB | fit error | "
+        "The overhead column is the measured peak less everything else the manifest predicts (for rows with "
+        "delegates, that includes the delegates' memory as predicted with the constant in use).",
+        "",
+        "| bundle | delegated ops | operators | values | measured overhead MiB | fit MiB | fit error | "
         "manifest's overhead MiB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in measured:
-        fitted = base + per_value * m.values
         lines.append(
-            f"| {m.label} | {'XNNPACK' if m.delegated else '-'} | {m.operators} | {m.values} "
-            f"| {m.overhead_bytes / 2**20:.2f} | {fitted / 2**20:.2f} | {(fitted - m.overhead_bytes) / 2**20:+.2f} "
+            f"| {m.label} | {m.delegated_ops} | {m.operators} | {m.values} | {m.overhead_bytes / 2**20:.2f} "
+            f"| {fitted(m) / 2**20:.2f} | {(fitted(m) - m.overhead_bytes) / 2**20:+.2f} "
             f"| {m.predicted_overhead_bytes / 2**20:.2f} |"
         )
     text = "\n".join(lines) + "\n"

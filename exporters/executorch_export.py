@@ -108,15 +108,23 @@ def export_executorch(
     delegates: dict[str, int] = {}
     delegate_bytes = 0
     if speed.xnnpack_frozen is not None and any(not p.requires_grad for p in model.parameters()):
-        from exporters.techniques.xnnpack_frozen import delegate_count, delegate_memory_bytes, lower_frozen_to_xnnpack
+        from exporters.techniques.xnnpack_frozen import (
+            delegate_count,
+            delegate_memory_bytes,
+            delegated_op_count,
+            lower_frozen_to_xnnpack,
+        )
 
         edge = lower_frozen_to_xnnpack(methods, speed.xnnpack_frozen)
         delegates = delegate_count(edge)
         if any(delegates.values()):
             delegate_bytes = delegate_memory_bytes(edge)
-            applied.append(
-                {"name": "xnnpack_frozen", "config": {**speed.xnnpack_frozen.to_json(), "delegates": delegates}}
-            )
+            config = {
+                **speed.xnnpack_frozen.to_json(),
+                "delegates": delegates,
+                "delegated_ops": delegated_op_count(edge),
+            }
+            applied.append({"name": "xnnpack_frozen", "config": config})
     else:
         edge = to_edge(methods, compile_config=EdgeCompileConfig(_check_ir_validity=False))
     if recompute is not None:

@@ -45,6 +45,11 @@ from exporters.techniques.speed_routes import XnnpackFrozenConfig
 _MUTATIONS = (OutputKind.BUFFER_MUTATION, OutputKind.PARAMETER_MUTATION)
 
 
+# XNNPACK's memory per lowered op beyond the workspace (its operator objects, with the weights they pack), fitted by
+# benchmarks/executorch_overhead.py over bundles with delegates (results in benchmarks/RESULTS-executorch-overhead.md).
+XNNPACK_PER_DELEGATED_OP_BYTES = 0
+
+
 def trainable_placeholders(program: ExportedProgram) -> set[str]:
     """Names of the graph inputs whose value changes between calls: trained parameters, mutated buffers."""
     signature = program.graph_signature
@@ -216,16 +221,28 @@ def rewrite_backward_convolutions(program: ExportedProgram) -> int:
     return rewritten
 
 
+def _delegates(edge: EdgeProgramManager, method: str) -> list[ExportedProgram]:
+    """The graphs lowered into each XNNPACK region of ``method``."""
+    program = edge.exported_program(method)
+    return [
+        getattr(program.graph_module, node.args[0].target).original_module
+        for node in program.graph.nodes
+        if node.op == "call_function" and node.target is executorch_call_delegate
+    ]
+
+
 def delegate_count(edge: EdgeProgramManager) -> dict[str, int]:
     """XNNPACK regions per method."""
-    return {
-        name: sum(
-            1
-            for node in edge.exported_program(name).graph.nodes
-            if node.op == "call_function" and node.target is executorch_call_delegate
-        )
+    return {name: len(_delegates(edge, name)) for name in edge.methods}
+
+
+def delegated_op_count(edge: EdgeProgramManager) -> int:
+    """Ops lowered into XNNPACK over every method: XNNPACK builds one operator object for each at load."""
+    return sum(
+        sum(1 for node in delegate.graph.nodes if node.op == "call_function")
         for name in edge.methods
-    }
+        for delegate in _delegates(edge, name)
+    )
 
 
 def _bytes(value: Any) -> int:
@@ -233,27 +250,21 @@ def _bytes(value: Any) -> int:
 
 
 def delegate_memory_bytes(edge: EdgeProgramManager) -> int:
-    """XNNPACK's memory outside the planned arena: the workspace of its largest delegate.
+    """XNNPACK's memory outside the planned arena: the workspace of its largest delegate, plus
+    ``XNNPACK_PER_DELEGATED_OP_BYTES`` per lowered op (calibrated by ``benchmarks/executorch_overhead.py``).
 
     Values computed inside a delegate that are not its outputs live in XNNPACK's workspace, not in ExecuTorch's
     arena. The measurements below fit one workspace shared by the program's delegates, sized for the largest set of
     such values alive at once over the delegate graphs of every method. The frozen weights the delegates pack are
     counted in the program file's bytes, once: measured, no second copy showed up.
-    Calibration (MobileNetV2 x1.0 96x96 batch 8, ``memwall measure`` 3 steps, this machine under load): measured
+    First calibration of the workspace alone (MobileNetV2 x1.0 96x96 batch 8, ``memwall measure`` 3 steps, this
+    machine under load, when the runtime overhead was a 6.5 MiB constant): measured
     peak minus arena, program and runtime overhead = 13.7 / 10.6 / 22.4 MiB for classifier-only (7 delegates),
     last-2 (18) and bias-only (43, with backward convolutions); this estimate gives 13.6 for each (the peak
     prediction is then 0%, +8% and -11% off). Summing the delegates' workspaces instead gave +25% / +29%.
     """
-    return max(
-        (
-            _internal_peak(getattr(program.graph_module, node.args[0].target).original_module)
-            for name in edge.methods
-            for program in (edge.exported_program(name),)
-            for node in program.graph.nodes
-            if node.op == "call_function" and node.target is executorch_call_delegate
-        ),
-        default=0,
-    )
+    workspace = max((_internal_peak(d) for name in edge.methods for d in _delegates(edge, name)), default=0)
+    return workspace + XNNPACK_PER_DELEGATED_OP_BYTES * delegated_op_count(edge)
 
 
 def _internal_peak(program: ExportedProgram) -> int:
