@@ -32,7 +32,7 @@ from exporters.config import OptimizerConfig
 from exporters.losses import LossSpec
 from exporters.memory_profile import profile_planned_method
 from exporters.techniques.fused_update import INPUT_DESCRIPTIONS, FusedUpdateConfig, fuse_optimizer_update
-from exporters.techniques.im2col_matmul import rewrite_im2col_convs
+from exporters.techniques.im2col_matmul import rewrite_im2col_convs, sink_temporaries
 from exporters.techniques.pointwise_linear import rewrite_pointwise_convs
 from exporters.techniques.recompute import RecomputeConfig, recompute_activations
 from exporters.techniques.speed_routes import SpeedConfig
@@ -134,6 +134,10 @@ def export_executorch(
         # Only methods with gradients are edited.
         edge = recompute_activations(edge, recompute, gradients_consumed=fused_update is not None)
     fused = fuse_optimizer_update(edge, optimizer, fused_update)[TRAIN_METHOD] if fused_update is not None else None
+    for technique in applied:
+        if technique["name"] == "im2col_matmul":
+            # Its backward's big temporaries (the columns' gradient) computed just before use: a smaller arena.
+            technique["config"]["moved_nodes"] = sink_temporaries(edge.exported_program(TRAIN_METHOD).graph_module)
     planner = MemoryPlanningPass(
         memory_planning_algo=MemoryPlanningAlgorithmSuite([greedy]),
         alloc_graph_input=MEMORY_PLANNING["alloc_graph_input"],

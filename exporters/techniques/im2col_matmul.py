@@ -39,6 +39,7 @@ from exporters.techniques.pointwise_linear import (
     pick_layout,
     replace_modules,
 )
+from exporters.techniques.recompute import _nbytes
 
 DEFAULT_MAX_COLUMNS_BYTES = 16 * 2**20
 
@@ -180,3 +181,30 @@ def rewrite_im2col_convs(
         model, {name: Im2colConv(conv, pick_layout(config.layout, conv, shapes[name])) for name, conv in chosen.items()}
     )
     return list(chosen)
+
+
+def sink_temporaries(graph_module: torch.fx.GraphModule) -> int:
+    """Move each node whose output is larger than its inputs to just before its first user; return how many moved.
+
+    ExecuTorch plans a value's memory from its producer to its last user in node order, and autograd emits a
+    matmul's two gradients in an order that keeps both big results alive at once (the columns' gradient is
+    computed, then the columns are copied transposed for the weight's gradient). Computing such a temporary
+    only when it is needed shortens its life; its smaller inputs live a little longer instead.
+    """
+    graph = graph_module.graph
+    moved = 0
+    for node in reversed(list(graph.nodes)):
+        schema = getattr(node.target, "_schema", None)
+        if node.op != "call_function" or schema is None or schema.is_mutable or not node.users:
+            continue
+        if _nbytes(node) <= sum(_nbytes(arg) for arg in node.all_input_nodes):
+            continue
+        first = node.next
+        while first not in node.users:
+            first = first.next
+        if first is not node.next:
+            first.prepend(node)
+            moved += 1
+    graph.lint()
+    graph_module.recompile()
+    return moved
