@@ -32,6 +32,7 @@ from torch import nn
 
 from exporters.techniques.pointwise_linear import (
     Layout,
+    MatmulConv,
     bmm_matmul,
     check_layout,
     linear_matmul,
@@ -69,30 +70,18 @@ class Im2colMatmulConfig:
         return cls(**data)
 
 
-class Im2colConv(nn.Module):
-    """A KxK ``nn.Conv2d`` (groups 1, zero padding) computed as im2col + one matmul (``bmm`` or ``linear``).
-
-    Holds the convolution's own ``weight`` and ``bias`` parameters (the same tensors), so a state dict saved
-    from either module loads into the other.
-    """
+class Im2colConv(MatmulConv):
+    """A KxK ``nn.Conv2d`` (groups 1, zero padding) computed as im2col + one matmul (``bmm`` or ``linear``)."""
 
     def __init__(self, conv: nn.Conv2d, layout: Layout = "bmm") -> None:
-        super().__init__()
         if not is_im2col_conv(conv):
             raise ValueError(f"{conv} is not a KxK convolution with groups 1 and zero padding")
-        if layout not in ("bmm", "linear"):
-            raise ValueError(f"layout must be 'bmm' or 'linear', got {layout!r}")
-        self.layout = layout
-        self.in_channels = conv.in_channels
-        self.out_channels = conv.out_channels
+        super().__init__(conv, layout)
         self.kernel_size: tuple[int, int] = conv.kernel_size  # type: ignore[assignment]
-        self.stride: tuple[int, int] = conv.stride  # type: ignore[assignment]
         self.dilation: tuple[int, int] = conv.dilation  # type: ignore[assignment]
         # (left, right, top, bottom), also for padding="same" with an even kernel (more on the right/bottom).
         left, right, top, bottom = conv._reversed_padding_repeated_twice
         self.padding = ((top, bottom), (left, right))
-        self.weight = conv.weight
-        self.bias = conv.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels_last = self.layout == "linear"

@@ -58,17 +58,15 @@ class PointwiseLinearConfig:
         return cls(**data)
 
 
-class PointwiseLinear(nn.Module):
-    """A 1x1 ``nn.Conv2d`` (groups 1, no padding) computed as a matmul over channels (``bmm`` or ``linear``).
+class MatmulConv(nn.Module):
+    """An ``nn.Conv2d`` computed with a matmul in ``layout`` (``bmm`` or ``linear``).
 
     Holds the convolution's own ``weight`` and ``bias`` parameters (the same tensors), so a state dict saved
     from either module loads into the other.
     """
 
-    def __init__(self, conv: nn.Conv2d, layout: Layout = "bmm") -> None:
+    def __init__(self, conv: nn.Conv2d, layout: Layout) -> None:
         super().__init__()
-        if not is_pointwise(conv):
-            raise ValueError(f"{conv} is not a 1x1 convolution with groups 1 and no padding")
         if layout not in ("bmm", "linear"):
             raise ValueError(f"layout must be 'bmm' or 'linear', got {layout!r}")
         self.layout = layout
@@ -77,6 +75,15 @@ class PointwiseLinear(nn.Module):
         self.stride: tuple[int, int] = conv.stride  # type: ignore[assignment]
         self.weight = conv.weight
         self.bias = conv.bias
+
+
+class PointwiseLinear(MatmulConv):
+    """A 1x1 ``nn.Conv2d`` (groups 1, no padding) computed as a matmul over channels (``bmm`` or ``linear``)."""
+
+    def __init__(self, conv: nn.Conv2d, layout: Layout = "bmm") -> None:
+        if not is_pointwise(conv):
+            raise ValueError(f"{conv} is not a 1x1 convolution with groups 1 and no padding")
+        super().__init__(conv, layout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sh, sw = self.stride
