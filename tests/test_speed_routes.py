@@ -83,12 +83,15 @@ def batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 # (plan, speed routes, fused update + recompute): bias-only sends the backward through frozen convolutions
 # (transposed convolutions on XNNPACK), with and without routes; last-2 takes both routes (its trainable 1x1
 # convolutions become matmuls, its frozen blocks go to XNNPACK) together with the fused optimizer update and
-# recomputation: its weights after each SGD step (lr 0.5) check every gradient. Exports set this file's time.
+# recomputation: its weights after each SGD step (lr 0.5) check every gradient. SmallCNN's full fine-tune takes
+# im2col_matmul (all its convolutions are 3x3), alone and with the fused update and recomputation. Exports set this
+# file's time.
 CASES: dict[str, tuple[str, SpeedConfig | None, bool]] = {
     "bias-routes": ("bias", SpeedConfig(), False),
     "bias-plain": ("bias", None, False),
     "last2-routes-fused-recompute": ("last2", SpeedConfig(), True),
     "cnn-routes": ("cnn-full", SpeedConfig(), False),  # only im2col_matmul applies: KxK convolutions, all trained
+    "cnn-routes-fused-recompute": ("cnn-full", SpeedConfig(), True),
 }
 
 
@@ -206,10 +209,18 @@ def test_manifest_records_routes_runtime_and_memory(cases: Callable[[str], Case]
     assert pointwise["config"]["layers"] == 3  # block 5's expand and project, the last 1x1 convolution
 
 
-def test_both_routes_with_fused_update_and_recompute_train_like_eager(cases: Callable[[str], Case]) -> None:
-    case = cases("last2-routes-fused-recompute")
-    names = [t["name"] for t in case.bundle.manifest.techniques]
-    assert names == ["recompute", "fused_update", "pointwise_linear", "xnnpack_frozen"]
+@pytest.mark.parametrize(
+    ("name", "techniques"),
+    [
+        ("last2-routes-fused-recompute", ["recompute", "fused_update", "pointwise_linear", "xnnpack_frozen"]),
+        ("cnn-routes-fused-recompute", ["recompute", "fused_update", "im2col_matmul"]),
+    ],
+)
+def test_routes_with_fused_update_and_recompute_train_like_eager(
+    cases: Callable[[str], Case], name: str, techniques: list[str]
+) -> None:
+    case = cases(name)
+    assert [t["name"] for t in case.bundle.manifest.techniques] == techniques
     session = open_session(case.bundle)
     eager = case.fresh_eager()
     optimizer = torch.optim.SGD([p for p in eager.parameters() if p.requires_grad], lr=LR)
