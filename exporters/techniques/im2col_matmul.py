@@ -12,10 +12,13 @@ copy) and one matmul forward, its transposes backward; the arithmetic is the con
 - The matmul is ``pointwise_linear``'s, in the same two layouts: ``bmm`` (NCHW columns, the weight expanded over
   the batch: a copy backward keeps) or ``linear`` (the input moved to channels-last once, columns built
   channels-last, one ``mm``; the output is copied back to NCHW). ``"auto"`` uses pointwise_linear's rule per layer
-  (bmm when ``out_channels <= ho * wo``: the weight copy is no larger than the columns).
+  (bmm when ``out_channels <= ho * wo``: the weight copy is no larger than the columns). Measured, SmallCNN 1x28x28
+  batch 8 full fine-tune: portable convolutions 414 ms per step, bmm 33 ms, linear everywhere 75 ms.
 - Memory: backward keeps the columns (``kh * kw / stride^2`` times the layer's input) in place of the input a
   convolution keeps. ``max_columns_bytes`` (at the export batch size) bounds that per layer: a layer whose
-  columns would exceed it stays a convolution.
+  columns would exceed it stays a convolution. ``sink_temporaries`` then reorders the edge program's training
+  method so that backward's big temporaries are computed just before their use (SmallCNN's planned arena:
+  2.0 MiB with convolutions, 7.2 MiB rewritten, 5.8 MiB rescheduled).
 
 Only convolutions whose weight trains are rewritten: a frozen convolution stays a convolution so that
 ``xnnpack_frozen`` can lower it to XNNPACK. Parameters keep their names and shapes (weight ``[out, in, kh, kw]``,
