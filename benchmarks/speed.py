@@ -1,8 +1,8 @@
 """Training step time per model and freeze plan: ExecuTorch without and with each speed route, ONNX Runtime, eager.
 
-Every ExecuTorch row is a real bundle from ``export_bundle`` (``speed=None``, pointwise only, XNNPACK only, both
-routes = ``SpeedConfig()``, as the CLI exports by default); a route that has nothing to do in a plan gets no row.
-The ONNX Runtime row is an ``onnxruntime`` bundle. A step is what the app runs: the training method plus the
+Every ExecuTorch row is a real bundle from ``export_bundle`` (``speed=None``, pointwise only, im2col only, XNNPACK
+only, all routes = ``SpeedConfig()``, as the CLI exports by default); a route that has nothing to do in a plan gets
+no row. The ONNX Runtime row is an ``onnxruntime`` bundle. A step is what the app runs: the training method plus the
 optimizer (plain SGD) through the runner's sessions; eager is forward + backward + ``torch.optim.SGD``. Rows of
 one model+plan are timed round-robin, step by step, so that load from other jobs hits them alike; a row whose
 step exceeds ``--slow`` seconds stops after its first timed step. Beside each ExecuTorch row: the planned arena,
@@ -41,8 +41,9 @@ from torch import nn
 
 from exporters import Bundle, ModelSpec, OptimizerConfig, export_bundle
 from exporters.techniques.freeze import FreezeConfig, apply_freeze
+from exporters.techniques.im2col_matmul import rewrite_im2col_convs
 from exporters.techniques.pointwise_linear import rewrite_pointwise_convs
-from exporters.techniques.speed_routes import SpeedConfig
+from exporters.techniques.speed_routes import ROUTES, SpeedConfig
 from exporters.training_graph import prepare_for_training_export, strip_prefix
 from sdk_tools.measure import measure_training
 from sdk_tools.models import build_model
@@ -60,8 +61,9 @@ PLANS = ("full", "last2", "bias", "classifier")
 GOALS = {"full": 2.0, "bias": 1.5, "last2": 1.0, "classifier": 1.0}  # issue 6: ExecuTorch / eager at most
 VARIANTS: dict[str, SpeedConfig | None] = {
     "et": None,
-    "et+pointwise": SpeedConfig(xnnpack_frozen=None),
-    "et+xnnpack": SpeedConfig(pointwise_linear=None),
+    "et+pointwise": SpeedConfig(im2col_matmul=None, xnnpack_frozen=None),
+    "et+im2col": SpeedConfig(pointwise_linear=None, xnnpack_frozen=None),
+    "et+xnnpack": SpeedConfig(pointwise_linear=None, im2col_matmul=None),
     "et+routes": SpeedConfig(),
 }
 
@@ -103,7 +105,7 @@ def eager_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[
 
 
 def routes_applied(bundle: Bundle) -> set[str]:
-    return {t["name"] for t in bundle.manifest.techniques} & {"pointwise_linear", "xnnpack_frozen"}
+    return {t["name"] for t in bundle.manifest.techniques} & set(ROUTES)
 
 
 def rows_for(name: str, plan: str, batch: int, threads: int, root: Path, wanted: set[str], slow: float) -> list[Row]:
@@ -120,17 +122,18 @@ def rows_for(name: str, plan: str, batch: int, threads: int, root: Path, wanted:
     reference_loss = F.cross_entropy(reference(x), y)
     reference_loss.backward()
     eager_grads = {n: p.grad for n, p in reference.named_parameters() if p.requires_grad}
-    has_pointwise = bool(rewrite_pointwise_convs(copy.deepcopy(prepared), sample=x))
-    has_frozen = any(not p.requires_grad for p in prepared.parameters())
+    has = {  # which routes have something to do in this plan
+        "pointwise_linear": bool(rewrite_pointwise_convs(copy.deepcopy(prepared), sample=x)),
+        "im2col_matmul": bool(rewrite_im2col_convs(copy.deepcopy(prepared), sample=x)),
+        "xnnpack_frozen": any(not p.requires_grad for p in prepared.parameters()),
+    }
     rows: list[Row] = []
     seen: set[frozenset[str]] = set()
     spec = ModelSpec(name, kwargs)
     for variant, speed in VARIANTS.items():
         if variant not in wanted:
             continue
-        if speed is not None and not (
-            (speed.pointwise_linear and has_pointwise) or (speed.xnnpack_frozen and has_frozen)
-        ):
+        if speed is not None and not any(getattr(speed, route) and has[route] for route in ROUTES):
             continue  # no route of this row applies: the same program as "et"
         _log(f"{name} {plan}: exporting {variant}")
         started = time.perf_counter()

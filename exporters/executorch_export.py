@@ -5,8 +5,9 @@ per trainable parameter) -> ``to_edge`` with both methods -> memory techniques o
 (recomputation, then the fused optimizer update) -> ``to_executorch`` with explicitly configured memory planning.
 The planned arena (``non_const_buffer_sizes``) of each method is recorded.
 
-Speed routes (``SpeedConfig``): trainable 1x1 convolutions are rewritten as matmuls on a copy of the model before
-``torch.export``, and the frozen part is lowered to XNNPACK in place of ``to_edge`` (``to_edge_transform_and_lower``).
+Speed routes (``SpeedConfig``): trainable 1x1 and KxK (im2col) convolutions are rewritten as matmuls on a copy of
+the model before ``torch.export``, and the frozen part is lowered to XNNPACK in place of ``to_edge``
+(``to_edge_transform_and_lower``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from exporters.config import OptimizerConfig
 from exporters.losses import LossSpec
 from exporters.memory_profile import profile_planned_method
 from exporters.techniques.fused_update import INPUT_DESCRIPTIONS, FusedUpdateConfig, fuse_optimizer_update
+from exporters.techniques.im2col_matmul import rewrite_im2col_convs, sink_temporaries
 from exporters.techniques.pointwise_linear import rewrite_pointwise_convs
 from exporters.techniques.recompute import RecomputeConfig, recompute_activations
 from exporters.techniques.speed_routes import SpeedConfig
@@ -51,6 +53,7 @@ RUNTIME_OVERHEAD_BASE_BYTES = 3_346_000  # 3.19 MiB
 RUNTIME_OVERHEAD_PER_VALUE_BYTES = 277
 
 PERFORMANCE_CORES = "performance_cores"
+MATMUL_ROUTES = ("pointwise_linear", "im2col_matmul")  # routes whose speed needs the optimized matmul kernels
 MEMORY_PLANNING = {"algorithm": "greedy", "alloc_graph_input": True, "alloc_graph_output": True}
 
 
@@ -95,13 +98,20 @@ def export_executorch(
     """
     speed = speed or SpeedConfig.off()
     applied: list[dict[str, Any]] = []
-    if speed.pointwise_linear is not None:
+    rewrites = [
+        (name, config, rewrite)
+        for name, config, rewrite in (
+            ("pointwise_linear", speed.pointwise_linear, rewrite_pointwise_convs),
+            ("im2col_matmul", speed.im2col_matmul, rewrite_im2col_convs),
+        )
+        if config is not None
+    ]
+    if rewrites:
         model = copy.deepcopy(model)  # parameter names and shapes stay: the manifest and checkpoints do not change
-        rewritten = rewrite_pointwise_convs(model, speed.pointwise_linear, sample=inputs)
+    for name, config, rewrite in rewrites:
+        rewritten = rewrite(model, config, sample=inputs)
         if rewritten:
-            applied.append(
-                {"name": "pointwise_linear", "config": {**speed.pointwise_linear.to_json(), "layers": len(rewritten)}}
-            )
+            applied.append({"name": name, "config": {**config.to_json(), "layers": len(rewritten)}})
     joint = export_joint_graph(model, loss, inputs, labels)
     predict = export_predict_graph(model, inputs, [strip_prefix(n) for n in gradient_order(joint)])
     methods = {TRAIN_METHOD: joint, PREDICT_METHOD: predict}
@@ -132,6 +142,10 @@ def export_executorch(
         # Only methods with gradients are edited.
         edge = recompute_activations(edge, recompute, gradients_consumed=fused_update is not None)
     fused = fuse_optimizer_update(edge, optimizer, fused_update)[TRAIN_METHOD] if fused_update is not None else None
+    for technique in applied:
+        if technique["name"] == "im2col_matmul":
+            # Its backward's big temporaries (the columns' gradient) computed just before use: a smaller arena.
+            technique["config"]["moved_nodes"] = sink_temporaries(edge.exported_program(TRAIN_METHOD).graph_module)
     planner = MemoryPlanningPass(
         memory_planning_algo=MemoryPlanningAlgorithmSuite([greedy]),
         alloc_graph_input=MEMORY_PLANNING["alloc_graph_input"],
@@ -147,7 +161,7 @@ def export_executorch(
         "optimizer_runs_in": "app",
         "runtime": runtime_requirements(
             xnnpack=any(delegates.values()),
-            optimized=any(t["name"] == "pointwise_linear" for t in applied),
+            optimized=any(t["name"] in MATMUL_ROUTES for t in applied),
             operators=program_operators(program.executorch_program),
         ),
     }

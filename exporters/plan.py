@@ -4,8 +4,9 @@ applies one, and the manifest records it (``techniques``), so an app or the lab 
 Model transforms run on a copy of the model in a fixed order: LoRA adapters, freezing (the adapters stay
 trainable), int8 storage of the frozen weights. Then the exporter's graph passes (recompute) run on the
 exported training graph; micro-batching and the optimizer shape the training step, and the fused update
-moves the optimizer into the training program (ExecuTorch). Speed routes (ExecuTorch) rewrite trainable 1x1
-convolutions and lower the frozen part to XNNPACK inside the exporter; the manifest lists those that applied.
+moves the optimizer into the training program (ExecuTorch). Speed routes (ExecuTorch) rewrite trainable 1x1 and
+KxK convolutions as matmuls and lower the frozen part to XNNPACK inside the exporter; the manifest lists those that
+applied.
 """
 
 from __future__ import annotations

@@ -436,7 +436,7 @@ def _add_plan_args(parser: argparse.ArgumentParser) -> None:
         "--speed-routes",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="ExecuTorch: trainable 1x1 convs as matmuls, frozen part on XNNPACK (default: on for executorch)",
+        help="ExecuTorch: trainable convs as matmuls (1x1, KxK), frozen part on XNNPACK (default: on for executorch)",
     )
 
 

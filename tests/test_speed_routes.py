@@ -2,8 +2,8 @@
 runtime with the loss, logits, every gradient and the updated weights of eager PyTorch (and of the bundle without
 routes), and the manifest says which routes applied and what the runtime needs.
 
-Kept small (a 3-block MobileNetV2 at 16x16): lowering to XNNPACK costs seconds per delegated region, so graph
-length, not tensor size, sets this file's time. Each bundle is exported once per module.
+Kept small (a 3-block MobileNetV2 and a SmallCNN at 16x16): lowering to XNNPACK costs seconds per delegated
+region, so graph length, not tensor size, sets this file's time. Each bundle is exported once per module.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from exporters.losses import resolve_loss
 from exporters.plan import TrainingPlan
 from exporters.techniques.freeze import FreezeConfig, apply_freeze
 from exporters.techniques.fused_update import FusedUpdateConfig
+from exporters.techniques.im2col_matmul import Im2colConv, Im2colMatmulConfig, columns_bytes, rewrite_im2col_convs
 from exporters.techniques.pointwise_linear import (
     PointwiseLinear,
     PointwiseLinearConfig,
@@ -43,21 +44,25 @@ LR = 0.5
 SHAPE = (3, 16, 16)
 # Every kind of MobileNetV2 block (expansion 1, stride 2, residual) in 3 blocks instead of 17.
 SMALL_MOBILENET = {"width_mult": 0.25, "settings": ((1, 16, 1, 1), (6, 24, 2, 2)), "last_channels": 64}
-# features.0 is the stem, features.1-3 the blocks, features.4 the last 1x1 convolution.
-PLANS: dict[str, tuple[str, ...]] = {
-    "bias": ("*.bias", "classifier.*"),
-    "last2": ("features.3.*", "features.4.*", "classifier.*"),
+MODELS = {"mobilenet_v2": SMALL_MOBILENET, "small_cnn": {"in_channels": 3}}
+# Plan: (model, trainable patterns; none: everything trains). MobileNetV2's features.0 is the stem, features.1-3
+# the blocks, features.4 the last 1x1 convolution; SmallCNN is three 3x3 convolutions (one of stride 2).
+PLANS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "bias": ("mobilenet_v2", ("*.bias", "classifier.*")),
+    "last2": ("mobilenet_v2", ("features.3.*", "features.4.*", "classifier.*")),
+    "cnn-full": ("small_cnn", ()),
 }
 
 
 def make_model(plan: str) -> nn.Module:
     torch.manual_seed(0)
-    model = build_model("mobilenet_v2", **SMALL_MOBILENET)
+    name, patterns = PLANS[plan]
+    model = build_model(name, **MODELS[name])
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):  # non-trivial statistics, so freezing them is exercised
             module.running_mean.uniform_(-0.1, 0.1)
             module.running_var.uniform_(0.5, 1.5)
-    apply_freeze(model, FreezeConfig(PLANS[plan]))
+    apply_freeze(model, FreezeConfig(patterns))
     return model
 
 
@@ -78,11 +83,15 @@ def batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 # (plan, speed routes, fused update + recompute): bias-only sends the backward through frozen convolutions
 # (transposed convolutions on XNNPACK), with and without routes; last-2 takes both routes (its trainable 1x1
 # convolutions become matmuls, its frozen blocks go to XNNPACK) together with the fused optimizer update and
-# recomputation: its weights after each SGD step (lr 0.5) check every gradient. Exports set this file's time.
+# recomputation: its weights after each SGD step (lr 0.5) check every gradient. SmallCNN's full fine-tune takes
+# im2col_matmul (all its convolutions are 3x3), alone and with the fused update and recomputation. Exports set this
+# file's time.
 CASES: dict[str, tuple[str, SpeedConfig | None, bool]] = {
     "bias-routes": ("bias", SpeedConfig(), False),
     "bias-plain": ("bias", None, False),
     "last2-routes-fused-recompute": ("last2", SpeedConfig(), True),
+    "cnn-routes": ("cnn-full", SpeedConfig(), False),  # only im2col_matmul applies: KxK convolutions, all trained
+    "cnn-routes-fused-recompute": ("cnn-full", SpeedConfig(), True),
 }
 
 
@@ -101,7 +110,7 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Case]:
                 sample_shape=SHAPE,
                 batch_size=BATCH,
                 optimizer=OptimizerConfig(kind="sgd", lr=LR),
-                model_spec=ModelSpec("mobilenet_v2", SMALL_MOBILENET),
+                model_spec=ModelSpec(PLANS[plan][0], MODELS[PLANS[plan][0]]),
                 speed=speed,
                 fused_update=FusedUpdateConfig("constant") if fused else None,
                 recompute=RecomputeConfig("blocks") if fused else None,
@@ -200,10 +209,18 @@ def test_manifest_records_routes_runtime_and_memory(cases: Callable[[str], Case]
     assert pointwise["config"]["layers"] == 3  # block 5's expand and project, the last 1x1 convolution
 
 
-def test_both_routes_with_fused_update_and_recompute_train_like_eager(cases: Callable[[str], Case]) -> None:
-    case = cases("last2-routes-fused-recompute")
-    names = [t["name"] for t in case.bundle.manifest.techniques]
-    assert names == ["recompute", "fused_update", "pointwise_linear", "xnnpack_frozen"]
+@pytest.mark.parametrize(
+    ("name", "techniques"),
+    [
+        ("last2-routes-fused-recompute", ["recompute", "fused_update", "pointwise_linear", "xnnpack_frozen"]),
+        ("cnn-routes-fused-recompute", ["recompute", "fused_update", "im2col_matmul"]),
+    ],
+)
+def test_routes_with_fused_update_and_recompute_train_like_eager(
+    cases: Callable[[str], Case], name: str, techniques: list[str]
+) -> None:
+    case = cases(name)
+    assert [t["name"] for t in case.bundle.manifest.techniques] == techniques
     session = open_session(case.bundle)
     eager = case.fresh_eager()
     optimizer = torch.optim.SGD([p for p in eager.parameters() if p.requires_grad], lr=LR)
@@ -230,7 +247,7 @@ def test_onnxruntime_refuses_speed_routes(tmp_path: Path) -> None:
 def test_backward_convolutions_become_transposed_convolutions() -> None:
     torch.manual_seed(0)
     model = build_model("small_cnn")
-    apply_freeze(model, FreezeConfig(PLANS["bias"]))
+    apply_freeze(model, FreezeConfig(PLANS["bias"][1]))
     x, y = torch.zeros((BATCH, 1, 8, 8)), torch.arange(BATCH) % 10
     joint = export_joint_graph(prepare_for_training_export(model), resolve_loss("cross_entropy"), x, y)
     # The first convolution's input needs no gradient: its backward becomes only the bias gradient's sum.
@@ -274,15 +291,93 @@ def test_rewrite_keeps_names_and_touches_only_trainable_pointwise() -> None:
         rewrite_pointwise_convs(make_model("last2"))
 
 
+def test_im2col_route_trains_like_eager(cases: Callable[[str], Case]) -> None:
+    case = cases("cnn-routes")
+    manifest = case.bundle.manifest
+    [im2col] = manifest.techniques
+    assert im2col["name"] == "im2col_matmul" and im2col["config"]["layers"] == 3
+    assert im2col["config"]["moved_nodes"] > 0  # backward's temporaries were rescheduled
+    runtime = manifest.backend_options["runtime"]
+    assert runtime["kernels"] == "optimized" and runtime["backends"] == []
+    # Every convolution became a matmul, forward and backward.
+    assert not [op for op in runtime["operators"] if "convolution" in op]
+    assert "aten::bmm.out" in runtime["operators"]
+    run_steps(case)
+
+
+def test_im2col_module_equals_the_convolution() -> None:
+    torch.manual_seed(0)
+    for kwargs in (
+        {"kernel_size": 3, "padding": 1},
+        {"kernel_size": 3, "stride": 2, "padding": 1, "bias": False},
+        {"kernel_size": (3, 2), "stride": (2, 1), "padding": (2, 0), "dilation": (2, 1)},
+        {"kernel_size": 4, "padding": "same"},  # even kernel: one more zero on the right and bottom
+        {"kernel_size": 5, "stride": 3},
+    ):
+        for layout in ("bmm", "linear"):
+            conv = nn.Conv2d(5, 7, **kwargs)
+            im2col = Im2colConv(conv, layout)
+            assert im2col.weight is conv.weight and im2col.bias is conv.bias
+            x = torch.rand(3, 5, 11, 9, requires_grad=True)
+            torch.testing.assert_close(im2col(x), conv(x), rtol=1e-5, atol=1e-6, msg=f"{kwargs} {layout}")
+            params = [x, *conv.parameters()]
+            grads = torch.autograd.grad(im2col(x).square().sum(), params)
+            expected = torch.autograd.grad(conv(x).square().sum(), params)
+            for grad, grad_ref in zip(grads, expected, strict=True):
+                torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-4, msg=f"{kwargs} {layout}")
+
+
+def test_im2col_rewrite_touches_only_trainable_kxk_convs_within_the_limit() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),  # rewritten
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),  # depthwise: stays
+        nn.Conv2d(8, 8, 1),  # 1x1: pointwise_linear's
+        nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"),  # not zero padding: stays
+        nn.Conv2d(8, 4, 3, stride=2),  # frozen: stays (XNNPACK's)
+        nn.Conv2d(4, 4, 3, padding=1),  # columns over the limit: stays
+    )
+    model[4].requires_grad_(False)
+    sample = torch.zeros((2, 3, 12, 12))
+    before = {n: p.shape for n, p in model.state_dict().items()}
+    big = columns_bytes(model[5], torch.Size((2, 4, 5, 5)), 4)
+    small = columns_bytes(model[0], torch.Size((2, 8, 12, 12)), 4)
+    assert big < small  # the limit is per layer
+    replaced = rewrite_im2col_convs(copy.deepcopy(model), Im2colMatmulConfig(max_columns_bytes=small), sample=sample)
+    assert replaced == ["0", "5"]
+    replaced = rewrite_im2col_convs(model, Im2colMatmulConfig(max_columns_bytes=small - 1), sample=sample)
+    assert replaced == ["5"] and isinstance(model[5], Im2colConv) and isinstance(model[0], nn.Conv2d)
+    assert {n: p.shape for n, p in model.state_dict().items()} == before
+    # "auto": bmm on the 5x5 map (4 outputs <= 25 pixels), linear where the outputs outnumber the pixels.
+    assert model[5].layout == "bmm"
+    wide = nn.Sequential(nn.Conv2d(3, 32, 3))
+    rewrite_im2col_convs(wide, sample=torch.zeros((2, 3, 6, 6)))
+    assert wide[0].layout == "linear"
+    # The MobileNetV2 plans: the stem is the only groups-1 KxK convolution, and it is frozen in both.
+    assert not rewrite_im2col_convs(make_model("last2"), sample=torch.zeros((BATCH, *SHAPE)))
+    with pytest.raises(ValueError, match="not a KxK convolution"):
+        Im2colConv(nn.Conv2d(4, 4, 3, groups=2))
+    with pytest.raises(ValueError, match="needs a sample input"):
+        rewrite_im2col_convs(nn.Sequential(nn.Conv2d(4, 4, 3)))
+
+
 def test_configs_round_trip_through_json() -> None:
     for config in (
         PointwiseLinearConfig(frozen=True, layout="linear"),
+        Im2colMatmulConfig(layout="bmm", max_columns_bytes=1024),
         XnnpackFrozenConfig(backward_convolutions=False),
         SpeedConfig(),
         SpeedConfig.off(),
         SpeedConfig(pointwise_linear=None),
+        SpeedConfig(im2col_matmul=None, xnnpack_frozen=None),
     ):
         assert type(config).from_json(config.to_json()) == config
     plan = TrainingPlan(speed=SpeedConfig(xnnpack_frozen=None))
     assert TrainingPlan.from_json(plan.to_json()) == plan
-    assert "speed routes pointwise_linear" in plan.describe()
+    assert "speed routes pointwise_linear+im2col_matmul" in plan.describe()
+    # JSON from before the route existed has no key for it: the route is off, the others as written.
+    old = {"pointwise_linear": PointwiseLinearConfig().to_json(), "xnnpack_frozen": None}
+    assert SpeedConfig.from_json(old) == SpeedConfig(im2col_matmul=None, xnnpack_frozen=None)
+    assert TrainingPlan.from_json({**TrainingPlan().to_json(), "speed": old}).speed == SpeedConfig.from_json(old)
+    with pytest.raises(ValueError, match="layout must be one of"):
+        Im2colMatmulConfig(layout="nchw")  # type: ignore[arg-type]

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 Layout = Literal["bmm", "linear"]
-_LAYOUTS = ("auto", "bmm", "linear")
+LAYOUTS = ("auto", "bmm", "linear")
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,7 @@ class PointwiseLinearConfig:
     layout: Literal["auto", "bmm", "linear"] = "auto"
 
     def __post_init__(self) -> None:
-        if self.layout not in _LAYOUTS:
-            raise ValueError(f"layout must be one of {_LAYOUTS}, got {self.layout!r}")
+        check_layout(self.layout)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,17 +58,15 @@ class PointwiseLinearConfig:
         return cls(**data)
 
 
-class PointwiseLinear(nn.Module):
-    """A 1x1 ``nn.Conv2d`` (groups 1, no padding) computed as a matmul over channels (``bmm`` or ``linear``).
+class MatmulConv(nn.Module):
+    """An ``nn.Conv2d`` computed with a matmul in ``layout`` (``bmm`` or ``linear``).
 
     Holds the convolution's own ``weight`` and ``bias`` parameters (the same tensors), so a state dict saved
     from either module loads into the other.
     """
 
-    def __init__(self, conv: nn.Conv2d, layout: Layout = "bmm") -> None:
+    def __init__(self, conv: nn.Conv2d, layout: Layout) -> None:
         super().__init__()
-        if not is_pointwise(conv):
-            raise ValueError(f"{conv} is not a 1x1 convolution with groups 1 and no padding")
         if layout not in ("bmm", "linear"):
             raise ValueError(f"layout must be 'bmm' or 'linear', got {layout!r}")
         self.layout = layout
@@ -79,23 +76,24 @@ class PointwiseLinear(nn.Module):
         self.weight = conv.weight
         self.bias = conv.bias
 
+
+class PointwiseLinear(MatmulConv):
+    """A 1x1 ``nn.Conv2d`` (groups 1, no padding) computed as a matmul over channels (``bmm`` or ``linear``)."""
+
+    def __init__(self, conv: nn.Conv2d, layout: Layout = "bmm") -> None:
+        if not is_pointwise(conv):
+            raise ValueError(f"{conv} is not a 1x1 convolution with groups 1 and no padding")
+        super().__init__(conv, layout)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sh, sw = self.stride
         if sh != 1 or sw != 1:
             # A 1x1 kernel with stride s reads every s-th pixel, from the first one (no padding).
             x = x[:, :, ::sh, ::sw]
         weight = self.weight.reshape(self.out_channels, self.in_channels)
-        n, c, h, w = x.shape
         if self.layout == "linear":
-            # A matmul, not F.linear: XNNPACK's partitioner rebuilds every ``linear`` it sees part of, and a
-            # linear whose weight is a reshaped input (predict passes the trained weights in) breaks that.
-            rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
-            y = torch.mm(rows, weight.t()) if self.bias is None else torch.addmm(self.bias, rows, weight.t())
-            return y.reshape(n, h, w, self.out_channels).permute(0, 3, 1, 2)
-        # The expanded weight's gradient is summed back over the batch by autograd.
-        y = torch.bmm(weight.expand(n, self.out_channels, c), x.reshape(n, c, h * w))
-        y = y.reshape(n, self.out_channels, h, w)
-        return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
+            return linear_matmul(x.permute(0, 2, 3, 1), weight, self.bias)
+        return bmm_matmul(x, weight, self.bias)
 
     def extra_repr(self) -> str:
         return (
@@ -115,6 +113,31 @@ def is_pointwise(module: nn.Module) -> bool:
     )
 
 
+def bmm_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``weight [out, k] @ x[n]`` for an NCHW ``x [n, k, h, w]``, as one ``bmm`` over the batch: NCHW out."""
+    n, k, h, w = x.shape
+    # The expanded weight's gradient is summed back over the batch by autograd.
+    y = torch.bmm(weight.expand(n, weight.shape[0], k), x.reshape(n, k, h * w)).reshape(n, -1, h, w)
+    return y if bias is None else y + bias.reshape(1, -1, 1, 1)
+
+
+def linear_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The same product for a channels-last ``x [n, h, w, k]``, as one ``mm``/``addmm`` over all pixels: NCHW out.
+
+    A matmul, not F.linear: XNNPACK's partitioner rebuilds every ``linear`` it sees part of, and a linear whose
+    weight is a reshaped input (predict passes the trained weights in) breaks that.
+    """
+    n, h, w, k = x.shape
+    rows = x.reshape(n * h * w, k)
+    y = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
+    return y.reshape(n, h, w, weight.shape[0]).permute(0, 3, 1, 2)
+
+
+def check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+
+
 def rewrite_pointwise_convs(
     model: nn.Module, config: PointwiseLinearConfig | None = None, sample: torch.Tensor | None = None
 ) -> list[str]:
@@ -129,24 +152,39 @@ def rewrite_pointwise_convs(
         for name, module in model.named_modules()
         if is_pointwise(module) and (config.frozen or module.weight.requires_grad)
     }
-    layouts: dict[str, Layout] = {name: config.layout for name in chosen}  # type: ignore[misc]
-    if config.layout == "auto" and chosen:
-        if sample is None:
-            raise ValueError("layout='auto' needs a sample input batch to size each layer; pass sample=")
-        layouts = _auto_layouts(model, chosen, sample)
-    for name, module in chosen.items():
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, PointwiseLinear(module, layouts[name]))
+    shapes = output_shapes(model, chosen, sample) if config.layout == "auto" else {}
+    replace_modules(
+        model,
+        {
+            name: PointwiseLinear(conv, pick_layout(config.layout, conv, shapes.get(name)))
+            for name, conv in chosen.items()
+        },
+    )
     return list(chosen)
 
 
-def _auto_layouts(model: nn.Module, chosen: dict[str, nn.Conv2d], sample: torch.Tensor) -> dict[str, Layout]:
-    """bmm where the batch's weight copy (out x in per sample) is no larger than the channels-last input copy
-    (H x W x in per sample), i.e. ``out_channels <= H * W`` of the output; else linear."""
-    sizes: dict[str, int] = {}
+def pick_layout(layout: str, conv: nn.Conv2d, out_shape: torch.Size | None) -> Layout:
+    """``layout``, or for ``"auto"`` (``out_shape``: the layer's output) bmm where the batch's weight copy (out x in
+    per sample) is no larger than the channels-last input copy (H x W x in per sample), i.e.
+    ``out_channels <= H * W`` of the output; else linear."""
+    if layout != "auto":
+        return layout  # type: ignore[return-value]
+    assert out_shape is not None
+    return "bmm" if conv.out_channels <= out_shape[-2:].numel() else "linear"
+
+
+def output_shapes(
+    model: nn.Module, modules: dict[str, nn.Module], sample: torch.Tensor | None
+) -> dict[str, torch.Size]:
+    """The output shape of each of ``modules`` (by name) when ``model`` runs ``sample`` once (no grad)."""
+    if not modules:
+        return {}
+    if sample is None:
+        raise ValueError("layout='auto' needs a sample input batch to size each layer; pass sample=")
+    shapes: dict[str, torch.Size] = {}
     hooks = [
-        module.register_forward_hook(lambda _m, _i, out, name=name: sizes.__setitem__(name, out.shape[-2:].numel()))
-        for name, module in chosen.items()
+        module.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, out.shape))
+        for name, module in modules.items()
     ]
     try:
         with torch.no_grad():
@@ -154,4 +192,11 @@ def _auto_layouts(model: nn.Module, chosen: dict[str, nn.Conv2d], sample: torch.
     finally:
         for hook in hooks:
             hook.remove()
-    return {name: "bmm" if conv.out_channels <= sizes[name] else "linear" for name, conv in chosen.items()}
+    return shapes
+
+
+def replace_modules(model: nn.Module, replacements: dict[str, nn.Module]) -> None:
+    """Put each module of ``replacements`` in ``model`` in place of the submodule of that name."""
+    for name, module in replacements.items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, module)
