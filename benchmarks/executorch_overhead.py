@@ -110,8 +110,10 @@ def measure_row(row: Row, root: Path, steps: int) -> Measured:
     exact = result.predicted_peak_bytes - overhead
     program = deserialize_pte_binary(bundle.path("program").read_bytes()).program
     operators, values = len(program_operators(program)), program_values(program)
-    xnnpack = next((t["config"] for t in bundle.manifest.techniques if t["name"] == "xnnpack_frozen"), {})
-    delegated = xnnpack.get("delegated_ops", 0)
+    xnnpack = next((t["config"] for t in bundle.manifest.techniques if t["name"] == "xnnpack_frozen"), None)
+    if xnnpack is not None and "delegated_ops" not in xnnpack:
+        raise BundleError(f"{directory} predates the delegated-op count: delete it to re-export")
+    delegated = xnnpack["delegated_ops"] if xnnpack is not None else 0
     return Measured(label, operators, values, delegated, result.peak_delta_bytes - exact, overhead)
 
 

@@ -141,11 +141,13 @@ def export_executorch(
         # First: recomputation finds the forward through the gradient outputs that the fused update removes.
         # Only methods with gradients are edited.
         edge = recompute_activations(edge, recompute, gradients_consumed=fused_update is not None)
-    fused = fuse_optimizer_update(edge, optimizer, fused_update)[TRAIN_METHOD] if fused_update is not None else None
     for technique in applied:
         if technique["name"] == "im2col_matmul":
             # Its backward's big temporaries (the columns' gradient) computed just before use: a smaller arena.
+            # Before the fused update, which places each weight's in-place write after its last reader in the
+            # final order: moved afterwards, a reader could land behind the write and see the updated weight.
             technique["config"]["moved_nodes"] = sink_temporaries(edge.exported_program(TRAIN_METHOD).graph_module)
+    fused = fuse_optimizer_update(edge, optimizer, fused_update)[TRAIN_METHOD] if fused_update is not None else None
     planner = MemoryPlanningPass(
         memory_planning_algo=MemoryPlanningAlgorithmSuite([greedy]),
         alloc_graph_input=MEMORY_PLANNING["alloc_graph_input"],

@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 PROFILE_FILE = "memory_profile.json"
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2  # 2: the optimizer_state component and per-layer optimizer_state_bytes
+READABLE_VERSIONS = (1, 2)  # a version 1 profile reads with no optimizer state
 COMPONENTS = ("inputs", "trainable_weights", "saved_activations", "gradients", "optimizer_state", "workspace")
 NO_LAYER = "(graph)"  # values that derive from no parameter: loss arithmetic, label encoding
 
@@ -72,9 +73,10 @@ class MemoryProfile:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> MemoryProfile:
-        if data.get("version") != PROFILE_VERSION:
+        if data.get("version") not in READABLE_VERSIONS:
             raise ValueError(
-                f"memory profile version {data.get('version')!r} is not {PROFILE_VERSION}: re-export the bundle"
+                f"memory profile version {data.get('version')!r} is not one of {READABLE_VERSIONS} that this memwall "
+                "reads: re-export the bundle, or update memwall"
             )
         fields = {k: v for k, v in data.items() if k != "version"}
         fields["layers"] = [LayerMemory(**layer) for layer in data["layers"]]
@@ -287,12 +289,10 @@ def profile_onnx_training(
     (``onnx_recompute.allocate``: ORT's execution order and buffer reuse). ORT's arena-like part is the
     gradient accumulation buffers (alive for the whole step) plus the per-call buffers; weights live in the
     sessions' checkpoint state, outside it, so ``trainable_weights`` is zero here."""
-    from exporters.techniques.onnx_recompute import Op, allocate, as_ort_runs, declared_shapes, tensor_infos
+    from exporters.techniques.onnx_recompute import OrtRun
 
-    graph_outputs = {value.name for value in model.graph.output}
-    ops = as_ort_runs([Op.of(node) for node in model.graph.node], graph_outputs)
-    infos = tensor_infos(model, batch, batch_dim)
-    plan = allocate(ops, infos, graph_outputs, declared_shapes(model))
+    run = OrtRun.of(model, batch, batch_dim)
+    ops, infos, graph_outputs, plan = run.ops, run.infos, run.graph_outputs, run.allocation
     producer = {name: index for index, op in enumerate(ops) for name in op.outputs if name}
     forward_ops: set[int] = set()
     stack = [producer[name] for name in roles.forward_outputs if name in producer]
@@ -323,7 +323,8 @@ def profile_onnx_training(
             per_layer.row(key[0])["frozen_weight_bytes"] += info.nbytes
     steps = len(plan.order)
     intervals = [("gradients", buffer_bytes, 0, steps - 1)]
-    for name, size, first, last in plan.buffers(infos):
+    for name, size, first, unclamped in [*plan.planned_buffers(infos), *plan.separate_buffers(infos)]:
+        last = min(unclamped, steps - 1)  # a buffer nothing reads is kept to the end of the run
         layer = layer_of.get(name, NO_LAYER)
         if name in gradient_of:
             component = "gradients"

@@ -72,7 +72,7 @@ def analyze_bundle(bundle: Bundle) -> Analysis:
         arena = {key: at_peak.get(key, 0) for key in ARENA_PROFILED}
         arena["workspace"] = mem.planned_arena_bytes - sum(arena.values())
     else:
-        # Without a profile (ONNX Runtime) the arena is one figure with no split by component.
+        # A bundle exported before profiles existed: the arena is one figure with no split by component.
         arena = {"workspace": mem.planned_arena_bytes}
     frozen = min(mem.frozen_parameter_bytes, mem.program_bytes)
     components = {

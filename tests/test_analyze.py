@@ -12,6 +12,7 @@ from PIL import Image
 
 from exporters import OptimizerConfig
 from exporters.bundle import Bundle
+from exporters.memory_profile import MemoryProfile
 from exporters.plan import TrainingPlan, export_plan
 from exporters.techniques import FreezeConfig, FusedUpdateConfig
 from sdk_tools.analyze import analyze_bundle, format_analysis, load_profile, plot_analysis
@@ -48,6 +49,19 @@ def test_profile_reads_the_plan_back_exactly(full: Bundle) -> None:
     assert profile.timeline["saved_activations"][-1] == 0
     assert sum(layer.trainable_weight_bytes for layer in profile.layers) == pytest.approx(trainable, rel=0.01)
     assert [layer.name for layer in profile.layers][:2] == ["features.0", "features.1"]
+
+
+def test_a_version_1_profile_still_reads_and_an_unknown_version_is_refused(full: Bundle) -> None:
+    profile = load_profile(full)
+    assert profile is not None
+    old = profile.to_json() | {"version": 1}
+    del old["timeline"]["optimizer_state"]  # version 1 had no optimizer state
+    old["layers"] = [{k: v for k, v in layer.items() if k != "optimizer_state_bytes"} for layer in old["layers"]]
+    read = MemoryProfile.from_json(old)
+    assert read.layers[0].optimizer_state_bytes == 0 and "optimizer_state" not in read.peak_components()
+    assert read.peak_live_bytes == profile.peak_live_bytes
+    with pytest.raises(ValueError, match="re-export the bundle"):
+        MemoryProfile.from_json(profile.to_json() | {"version": 99})
 
 
 def test_components_add_up_to_the_prediction(full: Bundle) -> None:

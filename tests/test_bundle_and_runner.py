@@ -25,6 +25,7 @@ from sdk_tools.runner import (
     train,
 )
 from sdk_tools.runner.checkpoint import default_checkpoint_path
+from sdk_tools.runner.train import eval_dataset
 from tests.conftest import ExportedCase, export_case
 
 
@@ -167,10 +168,16 @@ def test_crash_mid_save_keeps_previous_checkpoint(mlp: ExportedCase, tmp_path: P
 
 def test_evaluation_can_be_limited_to_the_first_samples(mlp: ExportedCase, tmp_path: Path) -> None:
     config = TrainConfig(steps=1, eval_samples=3, checkpoint=tmp_path / "c.safetensors", progress=False)
+    limited = eval_dataset(mlp.bundle, config)
+    whole = eval_dataset(mlp.bundle, TrainConfig())
+    assert limited is not None and whole is not None and len(limited) == 3 < len(whole)
+    assert torch.equal(limited.images, whole.images[:3])
     result = train(mlp.bundle, config)
     assert result.accuracy_before is not None and round(result.accuracy_before * 3, 6) in (0, 1, 2, 3)
     with pytest.raises(ValueError, match="eval_samples must be at least 1"):
-        train(mlp.bundle, TrainConfig(steps=1, eval_samples=0, checkpoint=tmp_path / "d.safetensors", progress=False))
+        TrainConfig(eval_samples=0)
+    with pytest.raises(ValueError, match="eval_split is empty"):
+        TrainConfig(eval_split=None, eval_samples=4)
 
 
 def test_checkpoint_of_another_bundle_is_refused(mlp: ExportedCase, bundle_copy: Path, tmp_path: Path) -> None:

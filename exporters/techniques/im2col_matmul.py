@@ -43,7 +43,7 @@ from exporters.techniques.pointwise_linear import (
     pick_layout,
     replace_modules,
 )
-from exporters.techniques.recompute import _nbytes
+from exporters.techniques.recompute import node_nbytes
 
 DEFAULT_MAX_COLUMNS_BYTES = 16 * 2**20
 
@@ -189,7 +189,7 @@ def sink_temporaries(graph_module: torch.fx.GraphModule) -> int:
         schema = getattr(node.target, "_schema", None)
         if node.op != "call_function" or schema is None or schema.is_mutable or not node.users:
             continue
-        if _nbytes(node) <= sum(_nbytes(arg) for arg in node.all_input_nodes):
+        if node_nbytes(node) <= sum(node_nbytes(arg) for arg in node.all_input_nodes):
             continue
         first = node.next
         while first not in node.users:

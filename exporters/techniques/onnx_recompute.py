@@ -215,12 +215,18 @@ class Allocation:
     last_read: dict[str, int]  # buffer owner -> step of its last read
     graph_outputs: frozenset[str]
 
-    def buffers(self, infos: Mapping[str, TensorInfo]) -> list[tuple[str, int, int, int]]:
-        """``(owner, bytes, first step, last step)`` of every buffer, as ``workspace_bytes`` counts them."""
-        steps = len(self.order)
-        out = [(name, infos[name].nbytes, step, self.last_read.get(name, steps)) for step, name in self.planned]
+    def planned_buffers(self, infos: Mapping[str, TensorInfo]) -> list[tuple[str, int, int, int]]:
+        """``(owner, bytes, first step, last step)`` of the block's buffers in allocation order; a buffer nothing
+        reads stays to the end of the run (``steps``, one past the last op), as ORT's memory pattern keeps it."""
+        return [
+            (name, infos[name].nbytes, step, self.last_read.get(name, len(self.order))) for step, name in self.planned
+        ]
+
+    def separate_buffers(self, infos: Mapping[str, TensorInfo]) -> list[tuple[str, int, int, int]]:
+        """``(value, bytes, first step, last step)`` of the tensors allocated on their own."""
+        out = []
         for step, name in self.separate:
-            last = steps - 1 if name in self.graph_outputs else self.last_read.get(name, step)
+            last = len(self.order) - 1 if name in self.graph_outputs else self.last_read.get(name, step)
             out.append((name, infos[name].nbytes if name in infos else 0, step, last))
         return out
 
@@ -295,11 +301,14 @@ def workspace_bytes(
     among those alive at the same time. Graph outputs and tensors of unknown shape are allocated on their own.
     Returns the block plus the largest sum of those others alive at once.
     """
-    plan = allocate(ops, infos, graph_outputs, shaped)
-    buffers = plan.buffers(infos)
-    block = _memory_pattern_bytes([(nbytes, first, last) for _, nbytes, first, last in buffers[: len(plan.planned)]])
+    return allocated_bytes(allocate(ops, infos, graph_outputs, shaped), infos)
+
+
+def allocated_bytes(plan: Allocation, infos: Mapping[str, TensorInfo]) -> int:
+    """``workspace_bytes`` of an allocation plan: the memory-pattern block plus the peak of the separate tensors."""
+    block = _memory_pattern_bytes([(nbytes, first, last) for _, nbytes, first, last in plan.planned_buffers(infos)])
     live = [0] * (len(plan.order) + 2)
-    for _, nbytes, first, last in buffers[len(plan.planned) :]:
+    for _, nbytes, first, last in plan.separate_buffers(infos):
         live[first] += nbytes
         live[last + 1] -= nbytes
     peak = running = 0
@@ -353,11 +362,27 @@ def declared_shapes(model: onnx.ModelProto) -> set[str]:
     return {v.name for v in values if v.type.tensor_type.HasField("shape")} | {i.name for i in graph.initializer}
 
 
+@dataclass(frozen=True)
+class OrtRun:
+    """One call of a model's graph as ORT runs it: its ops, value sizes, graph outputs and the allocation plan."""
+
+    ops: list[Op]
+    infos: dict[str, TensorInfo]
+    graph_outputs: frozenset[str]
+    allocation: Allocation
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto, batch: int, batch_dim: str) -> OrtRun:
+        outputs = frozenset(value.name for value in model.graph.output)
+        ops = as_ort_runs([Op.of(node) for node in model.graph.node], outputs)
+        infos = tensor_infos(model, batch, batch_dim)
+        return cls(ops, infos, outputs, allocate(ops, infos, outputs, declared_shapes(model)))
+
+
 def step_workspace_bytes(model: onnx.ModelProto, batch: int, batch_dim: str) -> int:
     """Bytes ORT allocates for the intermediate tensors of one call of ``model``'s graph (``workspace_bytes``)."""
-    outputs = {value.name for value in model.graph.output}
-    ops = as_ort_runs([Op.of(node) for node in model.graph.node], outputs)
-    return workspace_bytes(ops, tensor_infos(model, batch, batch_dim), outputs, declared_shapes(model))
+    run = OrtRun.of(model, batch, batch_dim)
+    return allocated_bytes(run.allocation, run.infos)
 
 
 @dataclass(frozen=True)

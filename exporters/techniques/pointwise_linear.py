@@ -169,7 +169,8 @@ def pick_layout(layout: str, conv: nn.Conv2d, out_shape: torch.Size | None) -> L
     ``out_channels <= H * W`` of the output; else linear."""
     if layout != "auto":
         return layout  # type: ignore[return-value]
-    assert out_shape is not None
+    if out_shape is None:
+        raise ValueError("layout 'auto' picks by the layer's feature map: give the rewrite a sample input")
     return "bmm" if conv.out_channels <= out_shape[-2:].numel() else "linear"
 
 

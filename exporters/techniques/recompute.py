@@ -136,7 +136,7 @@ def _has_gradients(program: ExportedProgram) -> bool:
     return any(spec.kind in _GRADIENT_OUTPUTS for spec in program.graph_signature.output_specs)
 
 
-def _nbytes(node: Node) -> int:
+def node_nbytes(node: Node) -> int:
     val = node.meta.get("val")
     tensors = val if isinstance(val, (tuple, list)) else [val]
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
@@ -272,7 +272,7 @@ class _JointGraph:
                 self.crossing[k].append(node)
 
     def nbytes(self, node: Node) -> int:
-        return _nbytes(node)
+        return node_nbytes(node)
 
     def flops(self, node: Node) -> int:
         return _flops(node)
@@ -384,7 +384,7 @@ def _schedule(graph: _JointGraph, segmentation: Segmentation, hoist: bool) -> _S
         )
         if node in available or node is before or not ready or _nondeterministic(node):
             return
-        if _nbytes(node) >= sum(_nbytes(arg) for arg in made):
+        if node_nbytes(node) >= sum(node_nbytes(arg) for arg in made):
             return
         available.add(node)
         schedule.steps.append((before, node, True))
@@ -462,12 +462,12 @@ def _estimated_arena(graph: _JointGraph, schedule: _Schedule | None) -> int:
         node = value[1] if isinstance(value, tuple) else value
         if node.op == "placeholder":
             if node in graph.arena_inputs:
-                delta[0] += _nbytes(node)
+                delta[0] += node_nbytes(node)
             continue
         # A multi-output node's tensors are counted once, through the getitem nodes that name them.
         if not isinstance(node.meta.get("val"), (tuple, list)):
-            delta[first[value]] += _nbytes(node)
-            delta[end + 1] -= _nbytes(node)
+            delta[first[value]] += node_nbytes(node)
+            delta[end + 1] -= node_nbytes(node)
     peak = live = 0
     for change in delta:
         live += change
@@ -490,7 +490,7 @@ def _plan(graph: _JointGraph, config: RecomputeConfig) -> tuple[RecomputePlan, _
         checkpoints=tuple(n.name for n in graph.graph.nodes if n in checkpoints),
         recomputed=tuple(n.name for n in schedule.targets),
         copies=schedule.copies,
-        released_bytes=sum(_nbytes(n) for n in schedule.targets),
+        released_bytes=sum(node_nbytes(n) for n in schedule.targets),
         estimated_peak_bytes=(before, after),
     )
     return plan, schedule

@@ -33,6 +33,12 @@ class TrainConfig:
     checkpoint_every: int = 50
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if self.eval_samples is not None and self.eval_samples < 1:
+            raise ValueError(f"eval_samples must be at least 1, got {self.eval_samples} (or None: the whole split)")
+        if self.eval_samples is not None and not self.eval_split:
+            raise ValueError("eval_samples limits the evaluation, but eval_split is empty: give a split or drop it")
+
 
 @dataclass
 class TrainResult:
@@ -80,8 +86,6 @@ def eval_dataset(bundle: Bundle, config: TrainConfig) -> DigitsSplit | None:
     data = dataset_for(bundle, config.data, config.eval_split)
     if config.eval_samples is None:
         return data
-    if config.eval_samples < 1:
-        raise ValueError(f"eval_samples must be at least 1, got {config.eval_samples} (or None: the whole split)")
     return DigitsSplit(data.images[: config.eval_samples], data.labels[: config.eval_samples])
 
 
