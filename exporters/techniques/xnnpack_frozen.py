@@ -47,7 +47,7 @@ _MUTATIONS = (OutputKind.BUFFER_MUTATION, OutputKind.PARAMETER_MUTATION)
 
 # XNNPACK's memory per lowered op beyond the workspace (its operator objects, with the weights they pack), fitted by
 # benchmarks/executorch_overhead.py over bundles with delegates (results in benchmarks/RESULTS-executorch-overhead.md).
-XNNPACK_PER_DELEGATED_OP_BYTES = 0
+XNNPACK_PER_DELEGATED_OP_BYTES = 4_298
 
 
 def trainable_placeholders(program: ExportedProgram) -> set[str]:
