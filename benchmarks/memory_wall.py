@@ -27,6 +27,7 @@ import datetime
 import os
 import platform
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -213,6 +214,43 @@ def _split_fifth(data: DigitsSplit) -> tuple[DigitsSplit, DigitsSplit]:
     return DigitsSplit(data.images[~held], data.labels[~held]), DigitsSplit(data.images[held], data.labels[held])
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_row(row: Row, bench: Bench, planners: dict[str, Planner]) -> dict:
+    """Export (through the planner's cache) and measure one row; a failure is the row's note, not the run's end."""
+    result: dict = {"row": row}
+    try:
+        if row.budget_mib is None:
+            # Through the planner's cache: planner rows reuse these exports, and a rerun reuses all of them.
+            found = planners[row.backend].candidate(row.plan)
+            if found is None:
+                raise ValueError(f"{row.backend} cannot export this plan")
+            bundle, plan = found.bundle.directory, row.plan
+            if row.runtime_default:
+                bundle = bench.with_runtime_defaults(bundle)
+        else:
+            best = planners[row.backend].search(row.budget_mib * 2**20, margin=0.1, top=1).fitting[0]
+            bundle, plan = best.bundle.directory, best.plan
+            result["plan"] = plan.describe()
+        result["bundle"] = bundle
+        result["measurement"] = bench.measure(bundle, cap_mib=row.budget_mib)
+    except NoPlanFitsError as exc:
+        result["note"] = str(exc).split(";")[1].strip() if ";" in str(exc) else str(exc)
+        return result
+    except OutOfMemoryError:
+        result["note"] = "killed at the budget (out of memory)"
+        plan = row.plan
+    except Exception as exc:  # one broken row must not cost the hour the others took: it is reported
+        result["note"] = f"failed: {type(exc).__name__}: {exc}".replace("|", "/").replace("\n", " ")[:300]
+        return result
+    result["eager_s"] = bench.eager_step_seconds(plan)
+    result["accuracy"] = bench.plan_accuracy(plan)
+    result["plan_obj"] = plan
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="width 0.35, 64x64: a smaller model, same rows")
@@ -254,44 +292,24 @@ def main() -> int:
     }
     if args.rows:
         rows = [row for row in rows if any(text in row.label for text in args.rows)]
+    # Stopped by Ctrl-C or SIGTERM (a long run on a shared machine), it still writes the table and plot so far.
+    signal.signal(signal.SIGTERM, _interrupt)
+    stopped = ""
     for i, row in enumerate(rows, 1):
         print(f"[{i}/{len(rows)}] {row.backend}: {row.label}", file=sys.stderr, flush=True)
-        result: dict = {"row": row}
         try:
-            if row.budget_mib is None:
-                # Through the planner's cache: planner rows reuse these exports, and a rerun reuses all of them.
-                found = planners[row.backend].candidate(row.plan)
-                if found is None:
-                    raise ValueError(f"{row.backend} cannot export this plan")
-                bundle, plan = found.bundle.directory, row.plan
-                if row.runtime_default:
-                    bundle = bench.with_runtime_defaults(bundle)
-            else:
-                best = planners[row.backend].search(row.budget_mib * 2**20, margin=0.1, top=1).fitting[0]
-                bundle, plan = best.bundle.directory, best.plan
-                result["plan"] = plan.describe()
-            result["bundle"] = bundle
-            result["measurement"] = bench.measure(bundle, cap_mib=row.budget_mib)
-        except NoPlanFitsError as exc:
-            result["note"] = str(exc).split(";")[1].strip() if ";" in str(exc) else str(exc)
-            results.append(result)
-            continue
-        except OutOfMemoryError:
-            result["note"] = "killed at the budget (out of memory)"
-            plan = row.plan
-        except Exception as exc:  # one broken row must not cost the hour the others took: it is reported
-            result["note"] = f"failed: {type(exc).__name__}: {exc}".replace("|", "/").replace("\n", " ")[:300]
-            results.append(result)
-            continue
-        result["eager_s"] = bench.eager_step_seconds(plan)
-        result["accuracy"] = bench.plan_accuracy(plan)
-        result["plan_obj"] = plan
-        results.append(result)
+            results.append(run_row(row, bench, planners))
+        except KeyboardInterrupt:
+            stopped = (
+                f"\n(stopped after {i - 1} of {len(rows)} rows: {', '.join(r.label for r in rows[i - 1 :])} not run)\n"
+            )
+            print(stopped.strip(), file=sys.stderr)
+            break
         Path(args.out).write_text(render(results, args, bench, None) + f"\n(partial: {i} of {len(rows)} rows)\n")
     stock = None
-    if "executorch" in args.backends:
+    if "executorch" in args.backends and not stopped:
         stock = bench.stock_executorch_arena(TrainingPlan(optimizer=optimizers["executorch"]))
-    text = render(results, args, bench, stock)
+    text = render(results, args, bench, stock) + stopped
     print(text)
     Path(args.out).write_text(text)
     plot(results, Path(args.out).with_suffix(".png"))

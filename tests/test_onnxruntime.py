@@ -306,7 +306,7 @@ def test_bce_stays_finite_for_confident_logits(bundles) -> None:
 def test_manifest_names_match_the_runtime(bundles) -> None:
     bundle = bundles("mobilenet_v2")
     manifest = bundle.manifest
-    assert set(manifest.files) == {"training_model", "eval_model", "checkpoint"}  # momentum: app optimizer
+    assert set(manifest.files) == {"training_model", "eval_model", "checkpoint", "memory_profile"}  # app optimizer
     assert all(not entry.path.endswith(".ort") for entry in manifest.files.values())
     assert manifest.backend_options["cpu_mem_arena"] is False
     assert manifest.methods["train"]["inputs"] == ["input", "label", "loss_scale"]
