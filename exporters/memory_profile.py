@@ -34,9 +34,7 @@ from exporters.node_roles import GRADIENT_OF, OPTIMIZER_STATE_OF
 from exporters.techniques.freeze import parameter_block
 
 if TYPE_CHECKING:
-    import onnx
-
-    from exporters.techniques.onnx_recompute import TrainingGraphRoles
+    from exporters.techniques.onnx_recompute import OrtRun, TrainingGraphRoles
 
 T = TypeVar("T")
 
@@ -277,21 +275,16 @@ def _profile(
 
 
 def profile_onnx_training(
-    model: onnx.ModelProto,
+    run: OrtRun,
     *,
-    batch: int,
-    batch_dim: str,
     roles: TrainingGraphRoles,
     trainable: Collection[str],
     arena_bytes: int,
 ) -> MemoryProfile:
-    """Profile ORT's training graph ``model`` from the allocation plan the exporter predicts with
+    """Profile one call of ORT's training graph (``run``) from the allocation plan the exporter predicts with
     (``onnx_recompute.allocate``: ORT's execution order and buffer reuse). ORT's arena-like part is the
     gradient accumulation buffers (alive for the whole step) plus the per-call buffers; weights live in the
     sessions' checkpoint state, outside it, so ``trainable_weights`` is zero here."""
-    from exporters.techniques.onnx_recompute import OrtRun
-
-    run = OrtRun.of(model, batch, batch_dim)
     ops, infos, graph_outputs, plan = run.ops, run.infos, run.graph_outputs, run.allocation
     producer = {name: index for index, op in enumerate(ops) for name in op.outputs if name}
     forward_ops: set[int] = set()
@@ -307,7 +300,7 @@ def profile_onnx_training(
     weight_layers = {name: key[0] for name in roles.parameters if (key := _block(name)) is not None}
     layer_of = _assign_layers(weight_layers, [(ops[i].inputs, ops[i].outputs) for i in plan.order], forward_values)
     per_layer = _LayerTable()
-    gradient_of = {f"{name}_grad": name for name in trainable}
+    gradients = {f"{name}_grad" for name in trainable}  # ORT's names for the step's gradient tensors
     buffer_bytes = 0
     for name in trainable:
         info = infos.get(name)
@@ -326,7 +319,7 @@ def profile_onnx_training(
     for name, size, first, unclamped in [*plan.planned_buffers(infos), *plan.separate_buffers(infos)]:
         last = min(unclamped, steps - 1)  # a buffer nothing reads is kept to the end of the run
         layer = layer_of.get(name, NO_LAYER)
-        if name in gradient_of:
+        if name in gradients:
             component = "gradients"
         elif producer.get(name) in forward_ops and last >= backward_start and name not in graph_outputs:
             component = "saved_activations"

@@ -50,11 +50,10 @@ from exporters.losses import LossFn, LossSpec
 from exporters.memory_profile import profile_onnx_training
 from exporters.techniques.onnx_recompute import (
     SESSION_CONFIG,
-    Op,
+    OrtRun,
     TrainingGraphRoles,
-    as_ort_runs,
+    allocated_bytes,
     recompute_training_graph,
-    step_workspace_bytes,
 )
 from exporters.techniques.recompute import RecomputeConfig
 from exporters.training_graph import MODEL_PREFIX, TrainStep, trainable_parameters
@@ -298,10 +297,9 @@ class SessionMemory:
 
 
 def session_memory(
-    training: onnx.ModelProto,
-    eval_model: onnx.ModelProto,
+    training: OrtRun,
+    evaluation: OrtRun,
     *,
-    batch: int,
     checkpoint_tensors: int,
     parameter_bytes: int,
     trainable_bytes: int,
@@ -309,14 +307,11 @@ def session_memory(
     optimizer_runs_in: str,
     optimizer_kind: str,
 ) -> SessionMemory:
-    """ORT's memory for a bundle, beyond its files (``SessionMemory``). Where the app runs the optimizer there is
-    no optimizer session and no ORT checkpoint to serialize: the app saves its own tensors."""
+    """ORT's memory for a bundle, beyond its files (``SessionMemory``), from one call of the training and the eval
+    graph as ORT runs them. Where the app runs the optimizer there is no optimizer session and no ORT checkpoint to
+    serialize: the app saves its own tensors."""
     in_runtime = optimizer_runs_in == "onnxruntime"
-    edges = 0
-    for model in (training, eval_model):
-        outputs = {value.name for value in model.graph.output}
-        ops = as_ort_runs([Op.of(node) for node in model.graph.node], outputs)
-        edges += sum(len(op.inputs) + len(op.outputs) for op in ops)
+    edges = sum(len(op.inputs) + len(op.outputs) for run in (training, evaluation) for op in run.ops)
     session = (
         _SESSION_BYTES
         + (_SGD_SESSION_BYTES if in_runtime and optimizer_kind == "sgd" else 0)
@@ -325,8 +320,8 @@ def session_memory(
     )
     return SessionMemory(
         gradient_buffer_bytes=trainable_bytes,
-        step_workspace_bytes=step_workspace_bytes(training, batch, BATCH_DIM),
-        predict_workspace_bytes=step_workspace_bytes(eval_model, batch, BATCH_DIM),
+        step_workspace_bytes=allocated_bytes(training.allocation, training.infos),
+        predict_workspace_bytes=allocated_bytes(evaluation.allocation, evaluation.infos),
         session_bytes=session,
         first_call_bytes=_FIRST_CALL_BYTES,
         checkpoint_save_bytes=int(_CHECKPOINT_SAVE_FACTOR * (parameter_bytes + optimizer_state_bytes))
@@ -389,10 +384,11 @@ def export_onnxruntime(
     checkpointed = [state[name] for name in initializers if name in state]
     trainable_bytes = sum(state[name].numel() * state[name].element_size() for name in trainable)
     state_tensors = max(1, optimizer.state_tensors_per_parameter)
+    # Shape inference and the allocation plan, once per graph: the estimate and the profile both read them.
+    training_run = OrtRun.of(training, inputs.shape[0], BATCH_DIM)
     memory = session_memory(
-        training,
-        eval_model,
-        batch=inputs.shape[0],
+        training_run,
+        OrtRun.of(eval_model, inputs.shape[0], BATCH_DIM),
         checkpoint_tensors=len(checkpointed),
         parameter_bytes=sum(t.numel() * t.element_size() for t in checkpointed),
         trainable_bytes=trainable_bytes,
@@ -406,9 +402,7 @@ def export_onnxruntime(
         # The gradient buffers and the step's workspace: what ORT allocates to run the training method.
         planned_arena_bytes=planned_arena,
         memory_profile=profile_onnx_training(
-            training,
-            batch=inputs.shape[0],
-            batch_dim=BATCH_DIM,
+            training_run,
             roles=roles,
             trainable=trainable,
             arena_bytes=planned_arena,

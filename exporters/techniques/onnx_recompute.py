@@ -379,12 +379,6 @@ class OrtRun:
         return cls(ops, infos, outputs, allocate(ops, infos, outputs, declared_shapes(model)))
 
 
-def step_workspace_bytes(model: onnx.ModelProto, batch: int, batch_dim: str) -> int:
-    """Bytes ORT allocates for the intermediate tensors of one call of ``model``'s graph (``workspace_bytes``)."""
-    run = OrtRun.of(model, batch, batch_dim)
-    return allocated_bytes(run.allocation, run.infos)
-
-
 @dataclass(frozen=True)
 class TrainingGraphRoles:
     """Which values of an ORT training graph are what: the pass cannot tell weights from batch inputs by itself."""
