@@ -48,6 +48,7 @@ from exporters.bundle import atomic_write_bytes
 from exporters.config import OptimizerConfig
 from exporters.losses import LossFn, LossSpec
 from exporters.memory_profile import profile_onnx_training
+from exporters.techniques.onnx_normalization import onnx_training_symbolics
 from exporters.techniques.onnx_recompute import (
     SESSION_CONFIG,
     OrtRun,
@@ -344,7 +345,8 @@ def export_onnxruntime(
     trainable = [MODEL_PREFIX + name for name in trainable_parameters(model)]
     if not trainable:
         raise ValueError("no parameter requires grad: nothing to train; unfreeze at least one parameter")
-    graph = export_forward_graph(model, loss, inputs, labels)
+    with onnx_training_symbolics(OPSET) as rewrites:  # ops ORT has no gradient for, as primitive ops
+        graph = export_forward_graph(model, loss, inputs, labels)
     initializers = [init.name for init in graph.graph.initializer]
     renamed = sorted(set(trainable) - set(initializers))
     if renamed:
@@ -413,6 +415,7 @@ def export_onnxruntime(
         runtime_overhead_bytes=memory.runtime_overhead_bytes,
         optimizer_state_tensors=state_tensors,
         accumulates_gradients=True,  # micro-batches add up in ORT's gradient buffers
+        techniques=rewrites,
         backend_options={
             "opset": OPSET,
             "model_format": "onnx",
