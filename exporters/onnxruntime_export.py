@@ -48,7 +48,6 @@ from exporters.bundle import atomic_write_bytes
 from exporters.config import OptimizerConfig
 from exporters.losses import LossFn, LossSpec
 from exporters.memory_profile import profile_onnx_training
-from exporters.techniques.onnx_normalization import onnx_training_symbolics
 from exporters.techniques.onnx_recompute import (
     SESSION_CONFIG,
     OrtRun,
@@ -56,6 +55,7 @@ from exporters.techniques.onnx_recompute import (
     allocated_bytes,
     recompute_training_graph,
 )
+from exporters.techniques.onnx_symbolics import onnx_training_symbolics
 from exporters.techniques.recompute import RecomputeConfig
 from exporters.training_graph import MODEL_PREFIX, TrainStep, trainable_parameters
 
