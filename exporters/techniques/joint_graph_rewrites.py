@@ -39,9 +39,10 @@ def rewrite_joint_graph(
     """``joint`` with every applicable rewrite done (default: all of ExecuTorch's), and the techniques applied."""
     if rewrites is None:
         from exporters.techniques.avgpool_backward import ADAPTIVE_AVGPOOL_BACKWARD, AVGPOOL_BACKWARD
+        from exporters.techniques.empty_permuted import EMPTY_PERMUTED
         from exporters.techniques.maxpool_backward import MAXPOOL_BACKWARD
 
-        rewrites = (MAXPOOL_BACKWARD, AVGPOOL_BACKWARD, ADAPTIVE_AVGPOOL_BACKWARD)
+        rewrites = (MAXPOOL_BACKWARD, AVGPOOL_BACKWARD, ADAPTIVE_AVGPOOL_BACKWARD, EMPTY_PERMUTED)
     counts: dict[str, int] = {}
     table: dict[OpOverload, Callable[..., Any]] = {}
     for rewrite in rewrites:

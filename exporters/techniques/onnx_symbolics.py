@@ -22,14 +22,16 @@ class OnnxSymbolicRewrite:
     op: str  # "aten::group_norm"
     why: str  # what ORT lacks, as measured
     symbolic: Callable[..., Any]  # (g, *args) -> the ONNX value, or None where the rewrite does not apply
-    fallback: Callable[..., Any]  # torch.onnx's own symbolic for the op
+    fallback: Callable[..., Any] | None = None  # torch.onnx's own symbolic for the op (where symbolic can say None)
 
 
 def all_rewrites() -> tuple[OnnxSymbolicRewrite, ...]:
+    from exporters.techniques.onnx_activations import ACTIVATIONS
     from exporters.techniques.onnx_avgpool import ADAPTIVE_AVGPOOL_CONV, AVGPOOL_CONV
+    from exporters.techniques.onnx_batchnorm import BATCH_NORM_EVAL
     from exporters.techniques.onnx_normalization import GROUP_NORM, INSTANCE_NORM
 
-    return (GROUP_NORM, INSTANCE_NORM, AVGPOOL_CONV, ADAPTIVE_AVGPOOL_CONV)
+    return (GROUP_NORM, INSTANCE_NORM, BATCH_NORM_EVAL, AVGPOOL_CONV, ADAPTIVE_AVGPOOL_CONV, *ACTIVATIONS)
 
 
 @contextlib.contextmanager
@@ -45,6 +47,8 @@ def onnx_training_symbolics(
         def symbolic(g: Any, *args: Any) -> Any:
             value = rewrite.symbolic(g, *args)
             if value is None:
+                if rewrite.fallback is None:
+                    raise ValueError(f"{rewrite.op} with these arguments has no ONNX Runtime training export")
                 return rewrite.fallback(g, *args)
             fired[rewrite.name] = fired.get(rewrite.name, 0) + 1
             return value
