@@ -303,7 +303,8 @@ def check_cell(row: Row, backend: str, work: Path) -> Cell:
 
 
 def first_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    # ORT prefixes its messages with the C++ signature of the throwing function: keep what follows.
+    text = f"{type(exc).__name__}: {str(exc).split('[ONNXRuntimeError] : ')[-1]}".strip().splitlines()[0]
     return text if len(text) <= 160 else text[:157] + "..."
 
 
