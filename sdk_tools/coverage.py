@@ -142,6 +142,10 @@ ROWS: tuple[Row, ...] = (
     Row("Conv2d dilated (2)", lambda c: nn.Conv2d(c, c, 3, padding=2, dilation=2)),
     Row("Conv1d", lambda c: nn.Conv1d(c, c, 3, padding=1), kind="signal"),
     Row("ConvTranspose2d stride 2", lambda c: nn.ConvTranspose2d(c, c, 2, stride=2)),
+    Row(
+        "ConvTranspose2d 3x3 s2 p1 out-pad 1, groups 2",
+        lambda c: nn.ConvTranspose2d(c, c, 3, stride=2, padding=1, output_padding=1, groups=2),
+    ),
     Row("MaxPool2d 2x2", lambda _c: nn.MaxPool2d(2)),
     Row("MaxPool2d 3x3 stride 2 pad 1", lambda _c: nn.MaxPool2d(3, stride=2, padding=1)),
     Row("MaxPool1d", lambda _c: nn.MaxPool1d(2), kind="signal"),

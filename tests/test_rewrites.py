@@ -32,6 +32,9 @@ CASES = [
     # ONNX Runtime 1.19.2's AveragePoolGrad killed the process (SIGFPE) at the first step.
     ("AvgPool2d 3x3 stride 1 pad 1", "onnxruntime", "avgpool_conv"),
     ("AdaptiveAvgPool2d 2x2", "onnxruntime", "adaptive_avgpool_conv"),
+    # ExecuTorch's convolution_backward takes only 2-D non-transposed convolutions: the step failed.
+    ("Conv1d", "executorch", "conv1d_transposed_backward"),
+    ("ConvTranspose2d 3x3 s2 p1 out-pad 1, groups 2", "executorch", "conv1d_transposed_backward"),
     # SiLU's backward decomposes through empty_permuted, which ExecuTorch has no kernel for.
     ("SiLU", "executorch", "empty_permuted_as_empty"),
     # ORT differentiated eval-mode BatchNormalization as in training mode: weight gradient 9.4x off.
