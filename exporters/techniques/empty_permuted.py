@@ -25,8 +25,8 @@ def _identity_layout(node: Node) -> bool:
     return _identity(node.args[1])  # type: ignore[arg-type]
 
 
-def empty(size: Sequence[int], layout: Sequence[int], **kwargs: object) -> torch.Tensor | object:
-    if not _identity(layout):
+def empty(size: Sequence[int], physical_layout: Sequence[int], **kwargs: object) -> torch.Tensor | object:
+    if not _identity(physical_layout):
         return NotImplemented
     return torch.empty(list(size), dtype=kwargs.get("dtype"))  # type: ignore[arg-type]
 
