@@ -1,4 +1,4 @@
-"""The iOS side (ios_demo/): the Swift core's tests in a real Swift toolchain, against the golden vectors and a real lab.
+"""The iOS side (ios_demo/): the Swift core's tests in a real Swift toolchain, on the golden vectors and a real lab.
 
 Swift runs here inside a Debian trixie chroot that ios_demo/setup.sh makes once per machine (root needed; the tests
 skip with the reason otherwise). `swift test` runs once per session for the whole module: it is the slow part
@@ -50,9 +50,8 @@ class SwiftRun:
 
 
 def run_swift_tests(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [IOS / "swiftw", "test", *args], capture_output=True, text=True, timeout=SETUP_TIMEOUT_S, env={**os.environ, **env}
-    )
+    command = [IOS / "swiftw", "test", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=SETUP_TIMEOUT_S, env={**os.environ, **env})
 
 
 @pytest.fixture(scope="module")
