@@ -74,8 +74,9 @@ public struct Manifest: Decodable, Sendable {
 
     public var predictedPeakBytes: Int64 { memory["predicted_peak_bytes"]?.int64 ?? 0 }
 
-    /// The examples one optimizer step consumes: micro-batches x the batch of one training call.
-    public var examplesPerStep: Int { training.batchSize * training.microBatches }
+    /// The examples of one training call (the inputs' batch dimension); `training.batchSize` is one optimizer
+    /// step's, over `training.microBatches` calls.
+    public var callBatchSize: Int { inputs.first?.shape.first ?? training.batchSize }
 
     /// Parse and check manifest bytes; `source` names them in errors.
     public static func parse(_ data: Data, source: String) throws -> Manifest {

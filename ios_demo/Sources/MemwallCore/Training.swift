@@ -55,16 +55,16 @@ extension Manifest {
         guard sample.inputs.count == inputs.count else {
             throw MemwallError(.data, "a sample has \(sample.inputs.count) inputs, the bundle takes \(inputs.count)")
         }
-        for (values, spec) in zip(sample.inputs, inputs) where values.count * training.batchSize != spec.numel {
+        for (values, spec) in zip(sample.inputs, inputs) where values.count * callBatchSize != spec.numel {
             throw MemwallError(.data, "a sample's \(spec.name) has \(values.count) values, the bundle takes "
-                + "\(spec.numel / training.batchSize) (shape \(spec.shape.dropFirst())); re-export for this input size")
+                + "\(spec.numel / callBatchSize) (shape \(spec.shape.dropFirst())); re-export for this input size")
         }
         guard sample.label >= 0, sample.label < classes.count else {
             throw MemwallError(.data, "label \(sample.label) is not one of the bundle's \(classes.count) classes")
         }
     }
 
-    /// One training call's batch of `samples` (exactly batch_size of them).
+    /// One training call's batch of `samples` (exactly callBatchSize of them).
     public func batch(_ samples: ArraySlice<Sample>) -> Batch {
         let inputs = self.inputs.indices.map { i in TensorData.float32(samples.flatMap { $0.inputs[i] }) }
         let labels: TensorData = labels.dtype == "int64"
@@ -113,7 +113,7 @@ public final class Trainer {
     /// padded with the first samples, whose predictions are not counted.
     public func accuracy(_ samples: [Sample]) throws -> Double? {
         guard !samples.isEmpty else { return nil }
-        let size = manifest.training.batchSize, classes = manifest.classes.count
+        let size = manifest.callBatchSize, classes = manifest.classes.count
         var correct = 0
         var start = 0
         while start < samples.count {
@@ -130,7 +130,8 @@ public final class Trainer {
         return Double(correct) / Double(samples.count)
     }
 
-    /// Train `steps` optimizer steps on `samples` (cycled; `position` = samples consumed before, for resuming).
+    /// Train `steps` optimizer steps on `samples`, cycled in order. `position` is the batches (training calls)
+    /// consumed before, as a checkpoint's data_position counts them, so a resumed run continues the same stream.
     public func run(steps: Int, samples: [Sample], evaluation: [Sample] = [], position: Int = 0,
                     sampler: MemorySampler, progress: ((TrainingProgress) -> Void)? = nil) throws -> TrainingResult {
         guard !samples.isEmpty else { throw MemwallError(.data, "no training samples: draw and label some first") }
@@ -139,8 +140,8 @@ public final class Trainer {
         var memory: Report.Memory?
         defer { if memory == nil { _ = sampler.end() } }
         let before = try accuracy(evaluation)
-        let perCall = manifest.training.batchSize
-        var cursor = position
+        let perCall = manifest.callBatchSize
+        var cursor = position * perCall
         var losses: [Double] = [], times: [Double] = []
         for step in stride(from: 1, through: steps, by: 1) {
             var calls: [Batch] = []
