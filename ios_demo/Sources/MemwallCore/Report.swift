@@ -36,6 +36,15 @@ public struct Report: Codable, Equatable, Sendable {
         public var accuracyBefore: Double?
         public var accuracyAfter: Double?
         public var threads: Int?
+
+        public init(reportId: String, startedAt: String, steps: Int? = nil, batchSize: Int? = nil,
+                    microBatches: Int? = nil, stepTimesMs: [Double]? = nil, lossCurve: [Double?]? = nil,
+                    accuracyBefore: Double? = nil, accuracyAfter: Double? = nil, threads: Int? = nil) {
+            (self.reportId, self.startedAt, self.steps, self.batchSize, self.microBatches) =
+                (reportId, startedAt, steps, batchSize, microBatches)
+            (self.stepTimesMs, self.lossCurve, self.accuracyBefore, self.accuracyAfter, self.threads) =
+                (stepTimesMs, lossCurve, accuracyBefore, accuracyAfter, threads)
+        }
     }
 
     public struct Sample: Codable, Equatable, Sendable {
@@ -80,6 +89,10 @@ public struct Report: Codable, Equatable, Sendable {
     public var memory: Memory?
     public var status: String
     public var error: RunError?
+
+    public init(device: Device, bundle: BundleSection, run: Run, memory: Memory?, status: String, error: RunError? = nil) {
+        (self.device, self.bundle, self.run, self.memory, self.status, self.error) = (device, bundle, run, memory, status, error)
+    }
 
     public static func decode(_ data: Data) throws -> Report {
         let decoder = JSONDecoder()
