@@ -29,10 +29,6 @@ debian_mirror() {
 }
 
 make_chroot() {
-  if [ "$(id -u)" != 0 ]; then
-    echo "ios_demo/setup.sh: the Swift chroot $ROOT is missing and making it needs root; run this script as root once" >&2
-    exit 1
-  fi
   local mirror
   mirror="$(debian_mirror | grep -i debian | head -n 1)"
   if [ -z "$mirror" ]; then
@@ -54,6 +50,11 @@ make_chroot() {
   echo "$PACKAGES" >"$STAMP"
 }
 
+if [ "$(id -u)" != 0 ]; then
+  # chroot and unshare need root; ./dev test then goes on and tests/test_ios.py skips with the reason.
+  echo "ios_demo/setup.sh: not root, so no Swift chroot and no Swift build; run as root to build and test ios_demo/" >&2
+  exit 0
+fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$PACKAGES" ]; then
   make_chroot
 fi
