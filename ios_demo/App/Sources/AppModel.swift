@@ -66,6 +66,8 @@ final class AppModel: ObservableObject {
         let deviceId = registration?.deviceId ?? "00000000-0000-4000-8000-000000000000"
         Task.detached(priority: .userInitiated) {
             do {
+                // Before the bundle loads: report.v1's baseline.
+                let sampler = MemorySampler { bytes in Task { @MainActor in self.memoryBytes = bytes } }
                 let bundle = try TrainingBundle(directory: url)
                 let all = try sketches.map { try bundle.manifest.sample($0.0, label: $0.1) }
                 let evaluation = all.enumerated().filter { $0.offset % 4 == 3 }.map(\.element)
@@ -73,7 +75,6 @@ final class AppModel: ObservableObject {
                 let backend = try Backends.make(bundle)
                 let device = Report.Device.current(deviceId: deviceId)
                 let started = Date()
-                let sampler = MemorySampler { bytes in Task { @MainActor in self.memoryBytes = bytes } }
                 var pending = Report(device: device, bundle: Report.BundleSection(bundle),
                                      run: .init(reportId: UUID().uuidString.lowercased(), startedAt: rfc3339(started),
                                                 batchSize: bundle.manifest.training.batchSize, threads: backend.threads),

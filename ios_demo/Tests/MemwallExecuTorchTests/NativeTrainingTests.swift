@@ -38,13 +38,15 @@ final class NativeTrainingTests: XCTestCase {
             let decoder = JSONDecoder()
             decoder.keyDecodingStrategy = .convertFromSnakeCase
             let golden = try decoder.decode(Case.self, from: try Data(contentsOf: directory.appendingPathComponent("case.json")))
+            // The sampler's baseline is taken before the bundle loads, as report.v1 defines it.
+            let sampler = MemorySampler()
+            let started = Date()
             let bundle = try TrainingBundle(directory: directory.appendingPathComponent("bundle"))
             let backend = try ExecuTorchBackend(bundle: bundle)
             let trainer = Trainer(backend: backend)
-            let started = Date()
             var seen = 0
             let result = try trainer.run(steps: golden.steps, samples: golden.samples, evaluation: golden.evaluation,
-                                         sampler: MemorySampler()) { progress in
+                                         sampler: sampler) { progress in
                 seen += 1
                 XCTAssertEqual(progress.step, seen)
             }
@@ -76,6 +78,12 @@ final class NativeTrainingTests: XCTestCase {
             for (parameter, values) in parameters {
                 XCTAssertEqual(checkpoint.tensors[parameter]?.values, values, "\(name) checkpoint \(parameter)")
             }
+            // And the other way: the Swift writer's file resumes the native core.
+            let swiftWritten = directory.appendingPathComponent("checkpoint-swift.safetensors")
+            try checkpoint.save(to: swiftWritten)
+            XCTAssertEqual(try Data(contentsOf: swiftWritten), try Data(contentsOf: checkpointURL), "same bytes")
+            XCTAssertEqual(try backend.loadCheckpoint(from: swiftWritten), golden.steps * bundle.manifest.training.microBatches)
+            XCTAssertEqual(backend.steps, golden.steps)
 
             let report = Report(device: .current(deviceId: "00000000-0000-4000-8000-00000000d01d"), bundle: bundle,
                                 startedAt: started, result: result)
