@@ -35,7 +35,11 @@ make_chroot() {
     echo "ios_demo/setup.sh: no Debian mirror in /etc/apt/sources.list(.d); add one (the chroot is made from it)" >&2
     exit 1
   fi
-  command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null; }
+  if ! command -v debootstrap >/dev/null; then
+    # ./dev test runs the toolchain scripts side by side: wait for another one's apt lock instead of failing.
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq debootstrap >/dev/null
+  fi
   if [ ! -x "$ROOT/usr/bin/apt-get" ]; then
     # Made beside its final place and renamed, so an interrupted run leaves no half chroot behind.
     rm -rf "$ROOT.partial"
