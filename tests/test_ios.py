@@ -108,6 +108,7 @@ def test_setup_is_quick_when_up_to_date(swift_built: None) -> None:
         "ReportTests.testGoldenReportsRoundTrip",
         "ReportTests.testARunsReportCarriesWhatItMeasured",
         "ReportTests.testAKilledRunIsReportedAtTheNextStart",
+        "ReportTests.testTheJournalIsWrittenAtMostOncePerInterval",
         "ReportTests.testMemorySamplerSeesAnAllocation",
         "SketchTests.testAVerticalStrokeInksItsColumnOnly",
         "SketchTests.testASampleIsCheckedAgainstTheBundle",

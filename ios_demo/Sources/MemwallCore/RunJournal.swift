@@ -30,9 +30,14 @@ extension Report.Device {
 /// last figure was within 10% of the app's memory limit, `crash` otherwise.
 public struct RunJournal: Sendable {
     public let url: URL
+    /// Progress is written at most this often: each write is an fsync'd rename, and steps of small bundles take
+    /// about a millisecond (the moonshot's MLP: 0.3-1 ms) — the journal must not cost more than the training.
+    public let interval: TimeInterval
+    private let lastWrite = LastWrite()
 
-    public init(url: URL) {
+    public init(url: URL, interval: TimeInterval = 0.25) {
         self.url = url
+        self.interval = interval
     }
 
     struct Entry: Codable {
@@ -48,7 +53,7 @@ public struct RunJournal: Sendable {
 
     /// After each step: how far the run got and the memory it used.
     public func progress(stepsDone: Int, memoryBytes: Int64) throws {
-        guard var entry = read() else { return }
+        guard lastWrite.due(after: interval), var entry = read() else { return }
         entry.stepsDone = stepsDone
         entry.lastMemoryBytes = memoryBytes
         entry.report.memory = Report.Memory(peakRssBytes: max(memoryBytes, entry.report.memory?.peakRssBytes ?? 0),
@@ -93,5 +98,21 @@ public struct RunJournal: Sendable {
         let encoder = JSONEncoder()
         encoder.keyEncodingStrategy = .convertToSnakeCase
         try AtomicFile.write(try encoder.encode(entry), to: url)
+    }
+}
+
+/// When the journal was last written (shared by the copies of one RunJournal).
+private final class LastWrite: @unchecked Sendable {
+    private let lock = NSLock()
+    private var time: Date?
+
+    /// True (and now recorded) if nothing was written in the last `interval` seconds.
+    func due(after interval: TimeInterval) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        let now = Date()
+        if let time, now.timeIntervalSince(time) < interval { return false }
+        time = now
+        return true
     }
 }

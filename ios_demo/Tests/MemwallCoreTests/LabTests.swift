@@ -40,7 +40,7 @@ final class LabTests: XCTestCase {
         XCTAssertEqual(queue.pending().count, 1, "one file per report_id")
 
         // A run killed by jetsam while offline, found at the next start.
-        let journal = RunJournal(url: directory.appendingPathComponent("journal/run.json"))
+        let journal = RunJournal(url: directory.appendingPathComponent("journal/run.json"), interval: 0)
         try journal.begin(try report(registration, golden: "report-oom.json"))
         try journal.progress(stepsDone: 3, memoryBytes: 990)
         let killed = try XCTUnwrap(try journal.recover(into: queue, memoryLimit: 1000))

@@ -53,7 +53,7 @@ final class ReportTests: XCTestCase {
     func testAKilledRunIsReportedAtTheNextStart() throws {
         let directory = try Golden.temporaryDirectory(self)
         let queue = ReportQueue(directory: directory.appendingPathComponent("queue"))
-        let journal = RunJournal(url: directory.appendingPathComponent("run.json"))
+        let journal = RunJournal(url: directory.appendingPathComponent("run.json"), interval: 0)
         let started = try Report.decode(try Golden.data("report-oom.json"))
         for (limit, status, kind) in [(Int64?.none, "crash", "crash"), (Int64(1000), "oom", "jetsam")] {
             try journal.begin(started)
@@ -69,6 +69,16 @@ final class ReportTests: XCTestCase {
         try journal.begin(started)
         journal.end()
         XCTAssertNil(try journal.recover(into: queue, memoryLimit: nil), "a run that ended is not a failed run")
+    }
+
+    func testTheJournalIsWrittenAtMostOncePerInterval() throws {
+        let directory = try Golden.temporaryDirectory(self)
+        let queue = ReportQueue(directory: directory.appendingPathComponent("queue"))
+        let journal = RunJournal(url: directory.appendingPathComponent("run.json"), interval: 60)
+        try journal.begin(try Report.decode(try Golden.data("report-oom.json")))
+        try journal.progress(stepsDone: 1, memoryBytes: 10)
+        try journal.progress(stepsDone: 2, memoryBytes: 20)
+        XCTAssertEqual(try journal.recover(into: queue, memoryLimit: nil)?.run.steps, 1)
     }
 
     func testMemorySamplerSeesAnAllocation() throws {
