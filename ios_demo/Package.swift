@@ -5,7 +5,7 @@ import Foundation
 import PackageDescription
 
 // The ExecuTorch backend links the native C++ core (runtime/, its C API runtime/include/memwall.h) and the
-// ExecuTorch runtime libraries. On Linux they come from runtime/build and the executorch wheel; ios_demo/swift
+// ExecuTorch runtime libraries. On Linux they come from runtime/build and the executorch wheel; ios_demo/swiftw
 // passes the flags in, e.g.
 //   MEMWALL_NATIVE_LINK_FLAGS="-L/repo/runtime/build -lmemwall -L.../executorch/lib -lexecutorch ..."
 // Without them the package is the core, the ONNX Runtime backend and their tests. (In the app, Xcode links the
