@@ -23,7 +23,7 @@ struct SamplesView: View {
                 .background(Color.black)
                 .gesture(DragGesture(minimumDistance: 0).onChanged { value in
                     let point = Sketch.Point(x: value.location.x, y: value.location.y)
-                    if value.translation == .zero { strokes.append([point]) } else { strokes[strokes.count - 1].append(point) }
+                    if value.translation == .zero || strokes.isEmpty { strokes.append([point]) } else { strokes[strokes.count - 1].append(point) }
                 })
                 Picker("Label", selection: $label) {
                     ForEach(0 ..< 10) { Text("\($0)").tag($0) }
