@@ -37,6 +37,7 @@ from exporters.techniques.pointwise_linear import rewrite_pointwise_convs
 from exporters.techniques.recompute import RecomputeConfig, recompute_activations
 from exporters.techniques.speed_routes import SpeedConfig
 from exporters.training_graph import PredictStep, TrainStep, strip_prefix, trainable_parameters
+from exporters.verify import check_operators
 
 PROGRAM_FILE = "model.pte"
 TRAIN_METHOD = "forward"
@@ -155,6 +156,7 @@ def export_executorch(
     )
     program = edge.to_executorch(ExecutorchBackendConfig(memory_planning_pass=planner))
     arenas = {plan.name: sum(plan.non_const_buffer_sizes) for plan in program.executorch_program.execution_plan}
+    check_operators(program_operators(program.executorch_program))  # runnable, or refused before any file
     atomic_write_bytes(out_dir / PROGRAM_FILE, program.buffer)
     trainable = gradient_order(joint)
     train = {"name": TRAIN_METHOD, "inputs": ["input", "label"], "outputs": ["loss", "logits"]}
