@@ -17,9 +17,9 @@ Tolerance (``Tolerance``), per tensor: ``max|runtime - eager| <= abs + rel * max
 another order than eager PyTorch (portable kernels, im2col/matmul routes, XNNPACK), so elementwise relative
 checks fail on small elements that are sums of cancelling terms; scaled by the tensor's largest element, float32
 rounding over N summed terms stays below ~N * 6e-8. Measured largest relative error over the reference models and
-every technique (``python -m exporters.verify`` prints it per bundle kind; README "Verified export"): 4e-6; the
-known wrong kernel gives errors of 1 and more. ``rel = 1e-3`` leaves 250x headroom for rounding and still refuses
-anything a user would notice; ``abs = 1e-6`` only covers all-zero tensors.
+every bundle kind (``python benchmarks/verify_cost.py``, benchmarks/RESULTS-verify.md): VERIFY_MAX; the known wrong
+kernel gives errors of 1 and more. ``rel = 1e-3`` leaves wide headroom for rounding and still refuses anything a
+user would notice; ``abs = 1e-6`` only covers all-zero tensors.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from exporters.bundle import Bundle
+from exporters.bundle import Bundle, BundleError
 from exporters.config import OptimizerConfig
 from exporters.losses import LossSpec, encode_labels
 from exporters.training_graph import strip_prefix
@@ -180,7 +180,7 @@ def check_operators(operators: list[str]) -> None:
 
 
 def deterministic_batch(bundle: Bundle, loss: LossSpec, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One optimizer step's micro-batches: standard-normal inputs, labels cycling through every class."""
+    """One optimizer step's micro-batches: standard-normal inputs, uniformly random classes."""
     manifest = bundle.manifest
     gen = torch.Generator().manual_seed(seed)
     classes = len(manifest.classes)
@@ -209,7 +209,7 @@ def verify_training(
     eager = _eager_step(model, loss, batches)
     try:
         runtime = _runtime_step(bundle, batches)
-    except (RuntimeError, ValueError, OSError) as exc:
+    except (BundleError, RuntimeError, ValueError, OSError) as exc:
         raise VerificationError(
             f"the {bundle.manifest.backend} runtime cannot run the exported training method ({exc}); the bundle "
             "would fail on the device: export with another backend, or report the model",
@@ -221,7 +221,7 @@ def verify_training(
     ]
     if runtime.before is None:
         errors += [
-            compare(f"gradient/{name}", grad, eager.gradients[strip_prefix(name)], tolerance)
+            compare(f"gradient/{name}", grad, eager.gradient(name, grad), tolerance)
             for name, grad in runtime.gradients.items()
         ]
     else:
@@ -242,6 +242,11 @@ class _Step:
     before: dict[str, torch.Tensor] | None = None
     after: dict[str, torch.Tensor] | None = None
     state: dict[str, torch.Tensor] | None = None
+
+    def gradient(self, runtime_name: str, like: torch.Tensor) -> torch.Tensor:
+        """Eager's gradient of a parameter by its runtime name; zero where the loss does not depend on it."""
+        grad = self.gradients.get(strip_prefix(runtime_name))
+        return torch.zeros_like(like) if grad is None else grad
 
 
 def _eager_step(model: nn.Module, loss: LossSpec, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> _Step:
@@ -320,13 +325,12 @@ def _compare_fused(
     params = dict(model.named_parameters())
     errors, recovered = [], {}
     for name, before in runtime.before.items():
-        param = strip_prefix(name)
-        grad = eager.gradients[param]
+        grad = eager.gradient(name, before)
         if optimizer.kind == "adamw":
             recovered[name] = runtime.state[f"optimizer/exp_avg/{name}"] / (1 - optimizer.betas[0])
             errors.append(compare(f"gradient/{name}", recovered[name], grad, tolerance))
             continue
-        effective = grad + optimizer.weight_decay * params[param].detach()
+        effective = grad + optimizer.weight_decay * params[strip_prefix(name)].detach()
         if optimizer.momentum:
             buffer = runtime.state[f"optimizer/momentum/{name}"]
             errors.append(compare(f"gradient/{name}", buffer, effective, tolerance))
