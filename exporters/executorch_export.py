@@ -33,6 +33,7 @@ from exporters.losses import LossSpec
 from exporters.memory_profile import profile_planned_method
 from exporters.techniques.fused_update import INPUT_DESCRIPTIONS, FusedUpdateConfig, fuse_optimizer_update
 from exporters.techniques.im2col_matmul import rewrite_im2col_convs, sink_temporaries
+from exporters.techniques.joint_graph_rewrites import rewrite_joint_graph
 from exporters.techniques.pointwise_linear import rewrite_pointwise_convs
 from exporters.techniques.recompute import RecomputeConfig, recompute_activations
 from exporters.techniques.speed_routes import SpeedConfig
@@ -114,6 +115,8 @@ def export_executorch(
         if rewritten:
             applied.append({"name": name, "config": {**config.to_json(), "layers": len(rewritten)}})
     joint = export_joint_graph(model, loss, inputs, labels)
+    joint, fixes = rewrite_joint_graph(joint)  # backward ops the runtime gets wrong or lacks (training rewrites)
+    applied += fixes
     predict = export_predict_graph(model, inputs, [strip_prefix(n) for n in gradient_order(joint)])
     methods = {TRAIN_METHOD: joint, PREDICT_METHOD: predict}
     delegates: dict[str, int] = {}

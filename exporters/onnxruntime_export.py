@@ -55,6 +55,7 @@ from exporters.techniques.onnx_recompute import (
     allocated_bytes,
     recompute_training_graph,
 )
+from exporters.techniques.onnx_symbolics import onnx_training_symbolics
 from exporters.techniques.recompute import RecomputeConfig
 from exporters.training_graph import MODEL_PREFIX, TrainStep, trainable_parameters
 from exporters.verify import UnsupportedOperatorError, runtime_version
@@ -345,7 +346,8 @@ def export_onnxruntime(
     trainable = [MODEL_PREFIX + name for name in trainable_parameters(model)]
     if not trainable:
         raise ValueError("no parameter requires grad: nothing to train; unfreeze at least one parameter")
-    graph = export_forward_graph(model, loss, inputs, labels)
+    with onnx_training_symbolics(OPSET) as rewrites:  # ops ORT has no gradient for, as primitive ops
+        graph = export_forward_graph(model, loss, inputs, labels)
     initializers = [init.name for init in graph.graph.initializer]
     renamed = sorted(set(trainable) - set(initializers))
     if renamed:
@@ -414,6 +416,7 @@ def export_onnxruntime(
         runtime_overhead_bytes=memory.runtime_overhead_bytes,
         optimizer_state_tensors=state_tensors,
         accumulates_gradients=True,  # micro-batches add up in ORT's gradient buffers
+        techniques=rewrites,
         backend_options={
             "opset": OPSET,
             "model_format": "onnx",
