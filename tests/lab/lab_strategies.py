@@ -4,7 +4,7 @@ The builder walks the JSON Schema keywords report.v1 uses (type, const, enum, $r
 required, additionalProperties, propertyNames, pattern, format, lengths, bounds, items) and turns each
 ``allOf: [{if: {properties: {P: const|enum}}, then: ...}]`` into one branch per value of P with the
 ``then`` merged in, so every draw is valid without filtering. Strings mix arbitrary text (no U+0000:
-the schema's description rules it out) with hostile samples: markup, script URLs, spreadsheet formulas.
+the schema's text rule) with hostile samples: markup, script URLs, spreadsheet formulas.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ HOSTILE_STRINGS = (
     "%00%0d%0a",
 )
 MAX_ITEMS = 6
+TEXT_PATTERN = report_schema()["$defs"]["text"]["pattern"]
 MAX_TEXT = 40
 
 _characters = st.characters(codec="utf-8", exclude_characters="\x00")
@@ -76,6 +77,9 @@ class _Builder:
         return schema
 
     def build(self, schema: dict[str, Any]) -> st.SearchStrategy[Any]:
+        if schema.get("$ref") == "#/$defs/json":
+            # Free-form JSON (bundle.plan's values): recursion with a bounded size, not the anyOf itself.
+            return _json_values()
         schema = self.resolve(schema)
         if "const" in schema:
             return st.just(schema["const"])
@@ -100,13 +104,15 @@ class _Builder:
         raise NotImplementedError(f"report.v1 strategy: unsupported schema {schema}")
 
     def _string(self, schema: dict[str, Any]) -> st.SearchStrategy[str]:
+        if schema.get("pattern") == TEXT_PATTERN:
+            return _text(schema.get("minLength", 0), schema.get("maxLength", 10**6))
         if "pattern" in schema:
             drawn = st.from_regex(schema["pattern"], fullmatch=True)
             if schema.get("format") == "date-time":
                 # The pattern admits February 30; the format does not.
                 return drawn.filter(lambda s: not schema_errors_for_format(s))
             return drawn
-        return _text(schema.get("minLength", 0), schema.get("maxLength", 10**6))
+        raise NotImplementedError(f"report.v1 strategy: string without a pattern {schema}")
 
     def _object(self, schema: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
         branches = self._branches(schema)
@@ -114,11 +120,8 @@ class _Builder:
             return st.one_of([self._object(branch) for branch in branches])
         properties = schema.get("properties", {})
         if not properties:
-            values = schema.get("additionalProperties")
-            if isinstance(values, dict):
-                names = st.from_regex(schema["propertyNames"]["pattern"], fullmatch=True)
-                return st.dictionaries(names, self.build(values), max_size=MAX_ITEMS)
-            return st.dictionaries(_text(0, 20), _json_values(), max_size=4)
+            names = self._string(self.resolve(schema["propertyNames"]))
+            return st.dictionaries(names, self.build(schema["additionalProperties"]), max_size=MAX_ITEMS)
         required = set(schema.get("required", ()))
         fixed = {name: self.build(body) for name, body in properties.items() if name in required}
         optional = {name: self.build(body) for name, body in properties.items() if name not in required}
