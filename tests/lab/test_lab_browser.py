@@ -131,7 +131,7 @@ def _hostile_report(device_id: str) -> dict:
 def test_hostile_reports_render_as_inert_text(new_server, browser) -> None:
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
-    from lab_strategies import reports
+    from lab_fuzz import reports
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
