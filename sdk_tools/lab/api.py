@@ -101,7 +101,7 @@ def _authenticated_device(db: Database, credentials: HTTPAuthorizationCredential
         raise HTTPException(401, "missing bearer token (Authorization: Bearer <token>)", headers=challenge)
     device_id = store.device_for_token(db, credentials.credentials)
     if device_id is None:
-        raise HTTPException(401, "unknown bearer token", headers=challenge)
+        raise HTTPException(401, "unknown bearer token (register the device: memwall lab register)", headers=challenge)
     return device_id
 
 
@@ -209,6 +209,12 @@ def get_report(db: DB, row_id: Annotated[int, Path(ge=1, le=MAX_ROW_ID)]) -> Rep
     return ReportDetail(summary=summary, report=report)
 
 
+def _request_error(error: dict[str, Any]) -> str:
+    if error.get("type") == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == NO_NUL:
+        return "contains a NUL character (U+0000), which the lab cannot store; remove it"
+    return str(error["msg"])
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ReportInvalid)
     async def _invalid(_request: Request, exc: ReportInvalid) -> JSONResponse:
@@ -225,7 +231,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [FieldError(json_path(list(e["loc"])), e["msg"]) for e in exc.errors()]
+        errors = [FieldError(json_path(list(e["loc"])), _request_error(e)) for e in exc.errors()]
         first = errors[0] if errors else FieldError("$", "invalid request")
         return error_response(422, f"invalid request: {first.path}: {first.message}", errors)
 

@@ -56,3 +56,11 @@ def test_host_parsing() -> None:
     assert host_name("[::1]:8765") == "::1"
     assert is_loopback("127.8.9.10") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("localhost.evil")
+
+
+def test_nul_in_a_name_or_filter_is_a_clear_422(api, rows) -> None:
+    before = rows.snapshot()
+    answer = api.post("/api/v1/devices", {"name": "pixel\u0000"})
+    assert answer.status == 422 and "NUL character" in answer.body["message"]
+    assert api.get("/api/v1/reports?model=a%00b").status == 422
+    assert rows.snapshot() == before
