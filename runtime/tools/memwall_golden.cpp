@@ -63,7 +63,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   json result;
-  for (const json& c : read(argv[1])["cases"]) {
+  const json golden = read(argv[1]);
+  for (const json& c : golden["cases"]) {
     Params params(c["params"]);
     memwall::Optimizer optimizer(config_of(c["optimizer"]), params.views());
     json steps = json::array();
