@@ -235,6 +235,7 @@ Bundle read_bundle(const std::string& directory) {
   }
   const json& training = r.field(m, "training", json::value_t::object, "");
   b.micro_batches = int32_t(r.integer(training, "micro_batches", "training", 1));
+  b.batch_size = r.integer(training, "batch_size", "training", 1);
   const json& methods = r.field(m, "methods", json::value_t::object, "");
   for (auto [key, spec] : {std::pair<const char*, MethodSpec*>{"train", &b.train}, {"predict", &b.predict}}) {
     const json& method = r.field(methods, key, json::value_t::object, "methods");

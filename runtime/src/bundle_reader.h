@@ -42,6 +42,7 @@ struct Bundle {
   std::vector<TensorSpec> trainable;
   OptimizerConfig optimizer;
   int32_t micro_batches = 1;
+  int64_t batch_size = 1;  // training.batch_size, as reports give it
   MethodSpec train, predict;
   std::string program_path;                // absolute or relative to the cwd: directory + files.program.path
   bool optimizer_runs_in_program = false;  // fused-update bundle

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
 #include <executorch/extension/data_loader/mmap_data_loader.h>
 #include <executorch/extension/memory_allocator/malloc_memory_allocator.h>
@@ -13,6 +14,7 @@
 #include <executorch/runtime/executor/method.h>
 #include <executorch/runtime/executor/program.h>
 #include <executorch/runtime/kernel/operator_registry.h>
+#include <executorch/runtime/platform/platform.h>
 #include <executorch/runtime/platform/runtime.h>
 #include <mutex>
 #include <thread>
@@ -40,7 +42,25 @@ using executorch::extension::MmapDataLoader;
 
 namespace {
 
-std::string error_text(et::Error error) { return std::string(et::to_string(error)) + " (" + std::to_string(int(error)) + ")"; }
+// ExecuTorch's log: its error lines are kept (the last one joins our one-line error: it names the operator or
+// the input at fault), info and debug lines are dropped unless MEMWALL_RUNTIME_LOG is set, so a refusal stays
+// one line on stderr.
+thread_local std::string last_runtime_error;
+bool verbose_runtime_log = false;
+
+void runtime_log(et_timestamp_t, et_pal_log_level_t level, const char*, const char*, size_t, const char* message, size_t length) {
+  std::string text(message, length);
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  if (level == kError || level == kFatal) last_runtime_error = text;
+  if (verbose_runtime_log || level == kFatal) std::fprintf(stderr, "[executorch %c] %s\n", char(level), text.c_str());
+}
+
+std::string error_text(et::Error error) {
+  std::string out = std::string(et::to_string(error)) + " (" + std::to_string(int(error)) + ")";
+  if (!last_runtime_error.empty()) out += ", ExecuTorch said: " + last_runtime_error;
+  last_runtime_error.clear();
+  return out;
+}
 
 mw_dtype to_dtype(executorch::aten::ScalarType type) {
   switch (type) {
@@ -172,7 +192,11 @@ class Method {
 };
 
 ExecuTorchSession::ExecuTorchSession(const Bundle& bundle, int32_t threads) {
-  std::call_once(runtime_initialized, [] { et::runtime_init(); });
+  std::call_once(runtime_initialized, [] {
+    verbose_runtime_log = std::getenv("MEMWALL_RUNTIME_LOG") != nullptr;
+    et::register_pal(et::PalImpl::create(&runtime_log, __FILE__));
+    et::runtime_init();
+  });
   std::vector<std::string> registered;
   for (size_t i = 0; i < et::get_num_registered_backends(); ++i) {
     auto name = et::get_backend_name(i);
@@ -184,7 +208,9 @@ ExecuTorchSession::ExecuTorchSession(const Bundle& bundle, int32_t threads) {
                                    "its backend library (executorch::backend_xnnpack), or re-export the bundle without speed routes (--no-speed-routes)");
     }
   }
-  for (const std::string& op : bundle.runtime_operators) {
+  for (std::string op : bundle.runtime_operators) {
+    // The manifest writes an operator without an overload as "aten::copy_."; the registry names it "aten::copy_".
+    if (!op.empty() && op.back() == '.') op.pop_back();
     if (!et::registry_has_op_function(op.c_str())) {
       fail(MW_ERR_UNSUPPORTED, "this program needs the operator " + op + ", which this ExecuTorch runtime's kernels lack: link the " +
                                    "kernel library with it (the wheel's executorch::kernels_optimized), or re-export the bundle");

@@ -151,7 +151,7 @@ std::string build_report(const Bundle& bundle, const RunRecord& run, int32_t thr
   r["report_id"] = uuid4();
   r["started_at"] = run.started_at;
   r["steps"] = run.step_times_ms.size();
-  r["batch_size"] = bundle.inputs[0].shape.empty() ? 1 : bundle.inputs[0].shape[0] * bundle.micro_batches;
+  r["batch_size"] = bundle.batch_size;
   r["micro_batches"] = bundle.micro_batches;
   ordered_json times = ordered_json::array(), losses = ordered_json::array();
   for (double t : run.step_times_ms) times.push_back(std::round(t * 1000) / 1000);
