@@ -7,9 +7,14 @@
 # Debian bookworm's CMake 3.25 cannot use the executorch package's imported targets), nlohmann-json3-dev (Debian,
 # header-only) and the executorch wheel (its lib/, include/ and share/cmake/executorch-config.cmake).
 set -euo pipefail
+# MEMWALL_PYTHON may be relative to the caller's directory (./dev passes .venv/bin/python): resolve it first.
+PYTHON=${MEMWALL_PYTHON:-$(dirname "$0")/../.venv/bin/python}
+if [ ! -x "$PYTHON" ]; then
+  echo "runtime/setup.sh: no python at $PYTHON; set MEMWALL_PYTHON to the project venv's python" >&2
+  exit 1
+fi
+case "$PYTHON" in /*) ;; *) PYTHON="$PWD/$PYTHON" ;; esac
 cd "$(dirname "$0")"
-PYTHON=${MEMWALL_PYTHON:-../.venv/bin/python}
-[ -x "$PYTHON" ] || PYTHON=$(command -v python3)
 BIN=$(dirname "$PYTHON")
 
 if ! "$BIN/cmake" --version 2>/dev/null | grep -qE 'version (3\.(2[89]|3[0-9])|[4-9])\.' || [ ! -x "$BIN/ninja" ]; then
