@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 from exporters import ModelSpec, OptimizerConfig, export_bundle
 from exporters.bundle import Bundle, BundleError, load_bundle
 from exporters.techniques.fused_update import FusedUpdateConfig
+from exporters.techniques.speed_routes import SpeedConfig
 from sdk_tools.lab.schema import validate_report
 from sdk_tools.runner.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sdk_tools.runner.train import open_session
@@ -68,12 +70,27 @@ SGD_NESTEROV = OptimizerConfig(kind="sgd", lr=0.05, momentum=0.9, weight_decay=0
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Bundle]:
-    """SGD+nesterov+weight decay with a frozen layer, AdamW over 2 micro-batches, AdamW fused into the program."""
+    """SGD+nesterov+weight decay with a frozen layer, AdamW over 2 micro-batches, AdamW fused into the program, and a
+    SmallCNN whose frozen convolutions run on the XNNPACK delegate (speed routes)."""
     root = tmp_path_factory.mktemp("native-bundles")
+    cnn = make_model("small_cnn")
+    for name, p in cnn.named_parameters():
+        p.requires_grad_(name.startswith("classifier."))
+    xnnpack = export_bundle(
+        cnn,
+        root / "cnn-xnnpack",
+        sample_shape=REFERENCE_CASES["small_cnn"][1],
+        batch_size=4,
+        optimizer=SGD_NESTEROV,
+        model_spec=ModelSpec("small_cnn", {}),
+        speed=SpeedConfig(),
+    )
+    assert xnnpack.manifest.backend_options["runtime"]["backends"] == ["XnnpackBackend"]
     return {
         "sgd": _mlp(root, "-sgd", SGD_NESTEROV, configure=_freeze_first_layer),
         "micro": _mlp(root, "-micro", ADAMW, batch=2, micro_batches=2),
         "fused": _mlp(root, "-fused", ADAMW, fused_update=FusedUpdateConfig()),
+        "xnnpack": xnnpack,
     }
 
 
@@ -142,7 +159,7 @@ def assert_same_state(native: dict[str, torch.Tensor], python: dict[str, torch.T
         torch.testing.assert_close(native[name], value, rtol=0, atol=atol, msg=name)
 
 
-@pytest.mark.parametrize("kind", ["sgd", "micro", "fused"])
+@pytest.mark.parametrize("kind", ["sgd", "micro", "fused", "xnnpack"])
 def test_native_trains_like_the_python_runner(
     kind: str, native: Path, bundles: dict[str, Bundle], data: Path, tmp_path: Path
 ) -> None:
@@ -155,7 +172,7 @@ def test_native_trains_like_the_python_runner(
     np.testing.assert_allclose(native_losses, python_losses, rtol=1e-6, atol=1e-6)
     native_state = load_file(native_dir / "checkpoint.safetensors")
     # SGD is PyTorch's rule bit for bit; AdamW's sqrt may round differently from torch's.
-    assert_same_state(native_state, python_state, atol=0 if kind == "sgd" else 1e-6)
+    assert_same_state(native_state, python_state, atol=0 if kind in ("sgd", "xnnpack") else 1e-6)
     with safe_open(str(native_dir / "checkpoint.safetensors"), framework="pt") as fh:
         metadata = fh.metadata()
     assert metadata == {
@@ -234,6 +251,51 @@ HOSTILE = {
     ),
     "missing field": (_edit_manifest(lambda m: m.pop("methods")), "'methods' is a required property"),
 }
+
+
+def test_onnxruntime_bundles_are_refused_with_the_reason(
+    native: Path, bundles: dict[str, Bundle], data: Path, tmp_path: Path
+) -> None:
+    bundle_dir = copy_bundle(bundles["sgd"], tmp_path)
+    _edit_manifest(lambda m: m.update(backend="onnxruntime"))(bundle_dir)
+    load_bundle(bundle_dir)  # a valid bundle for the Python runner's ONNX Runtime session
+    assert "this native runtime runs ExecuTorch bundles only" in refusal(native, bundle_dir, data)
+
+
+def test_a_kill_during_checkpointing_keeps_a_valid_checkpoint(
+    native: Path, bundles: dict[str, Bundle], data: Path, tmp_path: Path
+) -> None:
+    """SIGKILL at random moments of a run that saves after every step: the checkpoint always loads."""
+    bundle_dir = copy_bundle(bundles["micro"], tmp_path)
+    path = bundle_dir / "checkpoint.safetensors"
+    run_native(native, bundle_dir, data, 1)
+    bundle = load_bundle(bundle_dir)
+    steps = load_checkpoint(path, bundle).steps
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        proc = subprocess.Popen(
+            [
+                str(native),
+                str(bundle_dir),
+                "--data",
+                str(data),
+                "--steps",
+                "100000",
+                "--resume",
+                "--checkpoint-every",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(float(rng.uniform(0.05, 0.4)))
+        proc.kill()
+        proc.wait()
+        ckpt = load_checkpoint(path, bundle)  # never torn
+        assert ckpt.steps >= steps
+        assert ckpt.data_position == 2 * ckpt.steps
+        steps = ckpt.steps
+    assert steps > 1
 
 
 @pytest.mark.parametrize("case", list(HOSTILE))
