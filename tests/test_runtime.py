@@ -21,9 +21,10 @@ from exporters import ModelSpec, OptimizerConfig, export_bundle
 from exporters.bundle import Bundle, BundleError, load_bundle
 from exporters.techniques.fused_update import FusedUpdateConfig
 from exporters.techniques.speed_routes import SpeedConfig
+from sdk_tools.data.digits import DigitsSplit
 from sdk_tools.lab.schema import validate_report
 from sdk_tools.runner.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from sdk_tools.runner.train import open_session
+from sdk_tools.runner.train import evaluate, open_session
 from tests.conftest import REFERENCE_CASES, export_case, make_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,6 +114,7 @@ def copy_bundle(bundle: Bundle, where: Path) -> Path:
 
 
 def run_native(binary: Path, bundle_dir: Path, data: Path, steps: int, *extra: str) -> tuple[list[float], str]:
+    """Losses per step and stdout."""
     done = subprocess.run(
         [str(binary), str(bundle_dir), "--data", str(data), "--steps", str(steps), *extra],
         capture_output=True,
@@ -121,11 +123,14 @@ def run_native(binary: Path, bundle_dir: Path, data: Path, steps: int, *extra: s
     )
     assert done.returncode == 0, done.stderr[-3000:]
     losses = [float(line.split()[3]) for line in done.stdout.splitlines() if line.startswith("step ")]
-    return losses, done.stderr
+    return losses, done.stdout
 
 
-def python_run(bundle_dir: Path, data: Path, steps: int, *, resume: bool = False) -> tuple[list[float], dict]:
-    """The host runner's session fed memwall-run's batch stream (file order); saves the checkpoint as train() does."""
+def python_run(
+    bundle_dir: Path, data: Path, steps: int, *, resume: bool = False, accuracy: list[float] | None = None
+) -> tuple[list[float], dict]:
+    """The host runner's session fed memwall-run's batch stream (file order); saves the checkpoint as train() does.
+    ``accuracy`` receives the predict method's accuracy on ``data`` before and after training."""
     bundle = load_bundle(bundle_dir)
     session = open_session(bundle)
     manifest = bundle.manifest
@@ -139,6 +144,8 @@ def python_run(bundle_dir: Path, data: Path, steps: int, *, resume: bool = False
         ckpt = load_checkpoint(path, bundle)
         session.load_state_tensors(ckpt.steps, ckpt.tensors)
         position = ckpt.data_position
+    if accuracy is not None:
+        accuracy.append(evaluate(session, DigitsSplit(x, y)))
     losses = []
     for _ in range(steps):
         batches = []
@@ -150,6 +157,8 @@ def python_run(bundle_dir: Path, data: Path, steps: int, *, resume: bool = False
         losses.append(loss)
     step_count, tensors = session.state_tensors()
     save_checkpoint(path, Checkpoint(step_count, position, tensors, bundle.manifest_sha256))
+    if accuracy is not None:
+        accuracy.append(evaluate(session, DigitsSplit(x, y)))
     return losses, {k: v.clone() for k, v in tensors.items()}
 
 
@@ -165,8 +174,12 @@ def test_native_trains_like_the_python_runner(
 ) -> None:
     native_dir = copy_bundle(bundles[kind], tmp_path / "native")
     python_dir = copy_bundle(bundles[kind], tmp_path / "python")
-    native_losses, _ = run_native(native, native_dir, data, STEPS)
-    python_losses, python_state = python_run(python_dir, data, STEPS)
+    native_losses, out = run_native(native, native_dir, data, STEPS, "--eval-data", str(data))
+    python_accuracy: list[float] = []
+    python_losses, python_state = python_run(python_dir, data, STEPS, accuracy=python_accuracy)
+    # Predict with the live parameters: before and after training, over every sample (the last batch padded).
+    native_accuracy = [float(line.split()[1]) for line in out.splitlines() if line.startswith("accuracy_")]
+    assert native_accuracy == pytest.approx(python_accuracy, abs=1e-9)
     assert len(native_losses) == STEPS
     assert len(set(native_losses)) > 1  # the weights change step to step (random labels: no trend to assert)
     np.testing.assert_allclose(native_losses, python_losses, rtol=1e-6, atol=1e-6)

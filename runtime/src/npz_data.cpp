@@ -1,5 +1,6 @@
 #include "npz_data.h"
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -245,6 +246,21 @@ Dataset::Dataset(const std::string& path, const Bundle& bundle) {
     }
     convert(*y, y->numel(), labels.dtype, labels_.data());
   }
+}
+
+int64_t Dataset::eval_batch(int64_t first, std::vector<std::vector<uint8_t>>* storage, std::vector<const void*>* inputs) const {
+  int64_t real = std::min(batch_, samples_ - first);
+  storage->assign(inputs_.size(), {});
+  inputs->clear();
+  for (size_t i = 0; i < inputs_.size(); ++i) {
+    std::vector<uint8_t>& out = (*storage)[i];
+    size_t sample = input_sample_bytes_[i];
+    out.resize(size_t(batch_) * sample);
+    std::memcpy(out.data(), inputs_[i].data() + size_t(first) * sample, size_t(real) * sample);
+    for (int64_t k = real; k < batch_; ++k) std::memcpy(out.data() + size_t(k) * sample, out.data(), sample);
+    inputs->push_back(out.data());
+  }
+  return real;
 }
 
 Batch Dataset::batch(int64_t position) const {

@@ -23,8 +23,12 @@ class Dataset {
   // Micro-batch number `position` of the endless stream (pointers valid while the dataset lives).
   Batch batch(int64_t position) const;
   int64_t samples() const { return samples_; }
-  // Class index of sample i (for accuracy).
-  int64_t label_of(int64_t sample) const { return classes_[size_t(sample)]; }
+  // Class index of sample i (for accuracy; needs labels given as class indices).
+  int64_t label_of(int64_t sample) const { return classes_.at(size_t(sample)); }
+  bool has_class_labels() const { return !classes_.empty(); }
+  // The inputs of samples [first, first + B), the last batch padded with its first sample (as
+  // sdk_tools/data/loading.py eval_batches does): copies in `storage`; returns how many samples are real.
+  int64_t eval_batch(int64_t first, std::vector<std::vector<uint8_t>>* storage, std::vector<const void*>* inputs) const;
 
  private:
   std::vector<std::vector<uint8_t>> inputs_;  // per manifest input, every sample converted to its dtype

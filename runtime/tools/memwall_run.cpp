@@ -1,9 +1,10 @@
 // memwall-run: train a bundle natively for tests and Linux edge boards, through the C API (include/memwall.h).
 //
 //   memwall-run BUNDLE --data FILE.npz --steps N [--resume] [--checkpoint PATH] [--checkpoint-every K]
-//               [--threads T] [--report OUT.json] [--device-json FILE]
+//               [--threads T] [--eval-data FILE.npz] [--report OUT.json] [--device-json FILE]
 //
-// Prints "step <n> loss <value>" per step, saves the checkpoint (default BUNDLE/checkpoint.safetensors) at the
+// Prints "step <n> loss <value>" per step (and "accuracy_before/after <value>" with --eval-data: top-1 of the
+// predict method with the live parameters over every sample, before and after training), saves the checkpoint (default BUNDLE/checkpoint.safetensors) at the
 // end. A problem with the input (bundle, data, checkpoint, arguments) is one line on stderr and exit status 2;
 // a runtime failure exits 1.
 #include <cstdio>
@@ -24,7 +25,7 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: memwall-run BUNDLE --data FILE.npz --steps N [--resume] [--checkpoint PATH] [--checkpoint-every K] "
-    "[--threads T] [--report OUT.json] [--device-json FILE]";
+    "[--threads T] [--eval-data FILE.npz] [--report OUT.json] [--device-json FILE]";
 
 [[noreturn]] void die(int code, const std::string& message) {
   std::fprintf(stderr, "memwall-run: error: %s\n", message.c_str());
@@ -56,7 +57,7 @@ long long number(const char* flag, const char* text, long long minimum) {
 }
 
 struct Args {
-  std::string bundle, data, checkpoint, report, device_json;
+  std::string bundle, data, eval_data, checkpoint, report, device_json;
   long long steps = -1, checkpoint_every = 0, threads = 0;
   bool resume = false;
 };
@@ -71,6 +72,8 @@ Args parse(int argc, char** argv) {
     };
     if (flag == "--data") {
       a.data = value();
+    } else if (flag == "--eval-data") {
+      a.eval_data = value();
     } else if (flag == "--steps") {
       a.steps = number("--steps", value(), 0);
     } else if (flag == "--resume") {
@@ -109,6 +112,37 @@ std::string read_text(const std::string& path) {
   return text.str();
 }
 
+// Top-1 accuracy of the predict method over every sample of `data`.
+double evaluate(mw_session* session, const mw_bundle* bundle, const memwall::Dataset& data) {
+  size_t classes = mw_bundle_class_count(bundle);
+  mw_tensor_info input{};
+  check(mw_bundle_input(bundle, 0, &input));
+  int64_t batch = input.rank > 0 ? input.shape[0] : 1;
+  std::vector<float> logits(size_t(batch) * classes);
+  std::vector<std::vector<uint8_t>> storage;
+  std::vector<const void*> inputs;
+  int64_t correct = 0;
+  for (int64_t first = 0; first < data.samples(); first += batch) {
+    int64_t real = data.eval_batch(first, &storage, &inputs);
+    check(mw_predict(session, inputs.data(), inputs.size(), logits.data(), logits.size()));
+    for (int64_t k = 0; k < real; ++k) {
+      const float* row = logits.data() + size_t(k) * classes;
+      size_t best = 0;
+      for (size_t c = 1; c < classes; ++c) best = row[c] > row[best] ? c : best;  // first maximum, as argmax
+      correct += int64_t(best) == data.label_of(first + k) ? 1 : 0;
+    }
+  }
+  return double(correct) / double(data.samples());
+}
+
+std::unique_ptr<memwall::Dataset> load_data(const std::string& path, const mw_bundle* bundle) {
+  try {
+    return std::make_unique<memwall::Dataset>(path, memwall::bundle_of(bundle));
+  } catch (const memwall::Failure& failure) {
+    die(exit_code(failure.status()), failure.what());
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -118,18 +152,21 @@ int main(int argc, char** argv) {
   std::string device = args.device_json.empty() ? "" : read_text(args.device_json);
   // The data is read before the session samples its baseline: the measured delta is the bundle's, as in
   // `memwall measure`, which loads its splits before the idle baseline.
-  std::unique_ptr<memwall::Dataset> data;
-  try {
-    data = std::make_unique<memwall::Dataset>(args.data, memwall::bundle_of(bundle));
-  } catch (const memwall::Failure& failure) {
-    die(exit_code(failure.status()), failure.what());
-  }
+  std::unique_ptr<memwall::Dataset> data = load_data(args.data, bundle);
+  std::unique_ptr<memwall::Dataset> eval_data = args.eval_data.empty() ? nullptr : load_data(args.eval_data, bundle);
+  if (eval_data && !eval_data->has_class_labels()) die(2, args.eval_data + ": accuracy needs 'y' as class indices (one per sample)");
   mw_session_options options{int32_t(args.threads)};
   mw_session* session = nullptr;
   check(mw_session_create(bundle, &options, &session));
   int64_t position = 0;
   if (args.resume) check(mw_checkpoint_load(session, args.checkpoint.c_str(), &position));
   int32_t micro = mw_bundle_micro_batches(bundle);
+  double accuracy_before = -1, accuracy_after = -1;
+  if (eval_data) {
+    check(mw_session_phase(session, "evaluate_before"));
+    accuracy_before = evaluate(session, bundle, *eval_data);
+    std::printf("accuracy_before %.9g\n", accuracy_before);
+  }
   check(mw_session_phase(session, "train"));
   for (long long i = 0; i < args.steps; ++i) {
     std::vector<memwall::Batch> held;
@@ -148,8 +185,13 @@ int main(int argc, char** argv) {
   check(mw_session_phase(session, "checkpoint"));
   check(mw_checkpoint_save(session, args.checkpoint.c_str(), position));
   std::printf("checkpoint %s\n", args.checkpoint.c_str());
+  if (eval_data) {
+    check(mw_session_phase(session, "evaluate_after"));
+    accuracy_after = evaluate(session, bundle, *eval_data);
+    std::printf("accuracy_after %.9g\n", accuracy_after);
+  }
   if (!args.report.empty()) {
-    mw_report_options report{device.empty() ? nullptr : device.c_str(), nullptr, nullptr, -1, -1};
+    mw_report_options report{device.empty() ? nullptr : device.c_str(), nullptr, nullptr, accuracy_before, accuracy_after};
     char* json = nullptr;
     check(mw_report_json(session, &report, &json));
     std::ofstream out(args.report);
