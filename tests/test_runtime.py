@@ -323,12 +323,12 @@ def test_hostile_bundles_are_refused_in_one_line(
     assert expected in refusal(native, bundle_dir, data)
 
 
-def test_golden_optimizer_and_accumulation_vectors(native: Path) -> None:
-    out = json.loads(
-        subprocess.check_output(
-            [str(BUILD / "memwall-golden"), str(GOLDEN / "optimizer.json"), str(GOLDEN / "accumulation.json")]
-        )
-    )
+def test_golden_vectors_optimizers_accumulation_and_checkpoint(native: Path, tmp_path: Path) -> None:
+    checkpoint = json.loads((GOLDEN / "checkpoint.json").read_text())
+    written = tmp_path / "checkpoint.safetensors"
+    command = [str(BUILD / "memwall-golden"), str(GOLDEN / "optimizer.json"), str(GOLDEN / "accumulation.json")]
+    sha = checkpoint["metadata"]["manifest_sha256"]
+    out = json.loads(subprocess.check_output([*command, str(GOLDEN / "checkpoint.safetensors"), sha, str(written)]))
     golden = json.loads((GOLDEN / "optimizer.json").read_text())
     tol = golden["tolerance"]
     for case in golden["cases"]:
@@ -346,6 +346,16 @@ def test_golden_optimizer_and_accumulation_vectors(native: Path) -> None:
         for name, tensor in acc[section].items():
             assert out["accumulation"][section][name] == tensor["values"], (section, name)
     assert out["accumulation"]["loss"] == pytest.approx(acc["loss"], rel=1e-12)
+    # The Python runner's checkpoint read natively, and written back natively byte for byte.
+    read = out["checkpoint"]
+    assert (str(read["steps"]), str(read["data_position"])) == (
+        checkpoint["metadata"]["steps"],
+        checkpoint["metadata"]["data_position"],
+    )
+    assert {k: v["values"] for k, v in read["tensors"].items()} == {
+        k: v["values"] for k, v in checkpoint["tensors"].items()
+    }
+    assert written.read_bytes() == (GOLDEN / "checkpoint.safetensors").read_bytes()
 
 
 def test_report_validates_against_the_lab_schema(

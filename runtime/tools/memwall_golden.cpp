@@ -1,14 +1,18 @@
 // Runs the native optimizers and micro-batch accumulation on the golden vectors of tests/golden
 // (python -m sdk_tools.conformance) and prints what they computed as JSON, for tests/test_runtime.py to compare.
+// With a checkpoint: reads the Python runner's checkpoint.safetensors (printing its tensors and progress) and
+// writes the same tensors and metadata back to OUT with the native writer.
 //
-//   memwall-golden optimizer.json accumulation.json
+//   memwall-golden optimizer.json accumulation.json [checkpoint.safetensors manifest_sha256 OUT]
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "optimizers.h"
+#include "safetensors_checkpoint.h"
 
 using nlohmann::json;
 
@@ -58,8 +62,8 @@ struct Params {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 3) {
-    std::fprintf(stderr, "usage: memwall-golden optimizer.json accumulation.json\n");
+  if (argc != 3 && argc != 6) {
+    std::fprintf(stderr, "usage: memwall-golden optimizer.json accumulation.json [checkpoint.safetensors manifest_sha256 OUT]\n");
     return 2;
   }
   json result;
@@ -104,6 +108,20 @@ int main(int argc, char** argv) {
   memwall::Optimizer optimizer(config_of(acc["optimizer"]), params.views());
   optimizer.step(pointers);
   result["accumulation"] = {{"accumulated_grads", accumulated}, {"loss", loss / double(calls)}, {"params_after", params.dump()}};
+  if (argc == 6) {
+    memwall::LoadedCheckpoint ckpt = memwall::load_checkpoint(argv[3], argv[4]);
+    json tensors;
+    std::vector<memwall::StateView> views;
+    for (const auto& [name, view] : ckpt.tensors) {
+      const float* values = static_cast<const float*>(view.data);
+      std::vector<float> copy(view.nbytes / sizeof(float));
+      std::memcpy(copy.data(), values, view.nbytes);
+      tensors[name] = {{"shape", view.shape}, {"values", copy}};
+      views.push_back(view);
+    }
+    memwall::save_checkpoint(argv[5], views, ckpt.steps, ckpt.data_position, argv[4]);
+    result["checkpoint"] = {{"steps", ckpt.steps}, {"data_position", ckpt.data_position}, {"tensors", tensors}};
+  }
   std::printf("%s\n", result.dump().c_str());
   return 0;
 }
