@@ -1,0 +1,45 @@
+package dev.memwall.core
+
+import java.io.File
+import kotlin.system.exitProcess
+
+/**
+ * The core's real code driven from tests/test_android.py, against a real `memwall lab serve` and the Python runner:
+ *
+ *   lab-register URL NAME                   -> {"device_id", "token"}
+ *   lab-enqueue QUEUE URL TOKEN REPORT.json  (a report made offline)
+ *   lab-flush QUEUE                         -> {"sent", "kept", "rejected"}
+ *   bundle-section MANIFEST.json            -> the report's bundle section
+ *   checkpoint-continue MANIFEST IN OUT GRADS.json  -> resume IN (written by Python), step, save OUT
+ */
+object HostTools {
+    @JvmStatic
+    fun main(args: Array<String>) {
+        try {
+            println(run(args.toList()))
+        } catch (e: Exception) {
+            System.err.println("${e::class.simpleName}: ${e.message}")
+            exitProcess(2)
+        }
+    }
+
+    private fun run(a: List<String>): String = when (a.firstOrNull()) {
+        "lab-register" -> LabClient(a[1]).registerDevice(a[2]).let { Json.write(mapOf("device_id" to it.deviceId, "token" to it.token)) }
+        "lab-enqueue" -> ReportQueue(File(a[1])).enqueue(a[2], a[3], JsonObject.parse(File(a[4]).readText(), a[4]).map).name
+        "lab-flush" -> ReportQueue(File(a[1])).flush().let { Json.write(mapOf("sent" to it.sent, "kept" to it.kept, "rejected" to it.rejected)) }
+        "bundle-section" -> Json.write(Reports.bundleSection(Manifest.parse(File(a[1]).readBytes())))
+        "checkpoint-continue" -> continueCheckpoint(Manifest.parse(File(a[1]).readBytes()), File(a[2]), File(a[3]), File(a[4]))
+        else -> throw IllegalArgumentException("usage: see HostTools.kt")
+    }
+
+    /** Loads a checkpoint into an optimizer for [manifest]'s trainable parameters, applies the given steps, saves. */
+    private fun continueCheckpoint(manifest: Manifest, input: File, output: File, gradsFile: File): String {
+        val checkpoint = Checkpoint.load(input)
+        val optimizer = Optimizer(manifest.optimizer, manifest.trainable.associate { it.name to FloatArray(it.numel.toInt()) })
+        checkpoint.restoreInto(manifest, optimizer)
+        val steps = Json.parse(gradsFile.readText()) as List<*>
+        for (step in steps) optimizer.step(Golden.named(JsonObject.of(step as Map<*, *>, "grads")))
+        Checkpoint.of(manifest, optimizer, checkpoint.dataPosition + steps.size).save(output)
+        return output.toString()
+    }
+}
