@@ -11,6 +11,8 @@ import kotlin.system.exitProcess
  *   lab-flush QUEUE                         -> {"sent", "kept", "rejected"}
  *   bundle-section MANIFEST.json            -> the report's bundle section
  *   checkpoint-continue MANIFEST IN OUT GRADS.json  -> resume IN (written by Python), step, save OUT
+ *   run-until-killed JOURNAL DEVICE_ID MANIFEST  a "training" that grows memory until the test SIGKILLs it
+ *   recover JOURNAL QUEUE URL TOKEN LIMIT     -> the failed run's status, queued for the lab once ("none" after)
  */
 object HostTools {
     @JvmStatic
@@ -29,6 +31,8 @@ object HostTools {
         "lab-flush" -> ReportQueue(File(a[1])).flush().let { Json.write(mapOf("sent" to it.sent, "kept" to it.kept, "rejected" to it.rejected)) }
         "bundle-section" -> Json.write(Reports.bundleSection(Manifest.parse(File(a[1]).readBytes())))
         "checkpoint-continue" -> continueCheckpoint(Manifest.parse(File(a[1]).readBytes()), File(a[2]), File(a[3]), File(a[4]))
+        "run-until-killed" -> runUntilKilled(File(a[1]), a[2], Manifest.parse(File(a[3]).readBytes()))
+        "recover" -> recover(RunJournal(File(a[1])), ReportQueue(File(a[2])), a[3], a[4], a[5].toLong())
         else -> throw IllegalArgumentException("usage: see HostTools.kt")
     }
 
@@ -41,5 +45,39 @@ object HostTools {
         for (step in steps) optimizer.step(Golden.named(JsonObject.of(step as Map<*, *>, "grads")))
         Checkpoint.of(manifest, optimizer, checkpoint.dataPosition + steps.size).save(output)
         return output.toString()
+    }
+
+    private fun hostDevice(deviceId: String): DeviceInfo {
+        val ram = File("/proc/meminfo").readLines().first { it.startsWith("MemTotal:") }.split(Regex("\\s+"))[1].toLong() * 1024
+        return DeviceInfo(deviceId, "host", "unknown", "linux", System.getProperty("os.version"), ram, System.getProperty("os.arch"))
+    }
+
+    /** Journals a run and touches 8 MiB more per step; never returns: the test kills it as the low-memory killer would. */
+    private fun runUntilKilled(journalDir: File, deviceId: String, manifest: Manifest): String {
+        val device = hostDevice(deviceId)
+        val bundle = Reports.bundleSection(manifest)
+        val run = RunRecord(batchSize = manifest.batchSize, microBatches = manifest.microBatches, threads = 1)
+        val journal = RunJournal(journalDir)
+        val held = ArrayList<ByteArray>()
+        MemorySampler(intervalMs = 10).use { sampler ->
+            journal.begin(device, bundle, run, sampler.baselineBytes)
+            var step = 0
+            while (true) {
+                if (held.size < 32) held.add(ByteArray(8 shl 20) { 1 })
+                run.stepTimesMs.add(10.0)
+                run.lossCurve.add(2.3 / ++step)
+                journal.checkpoint(device, bundle, run, sampler.baselineBytes, sampler.samples(), sampler.peakBytes())
+                if (step == 3) println("started")
+                System.out.flush()
+                Thread.sleep(20)
+            }
+        }
+    }
+
+    private fun recover(journal: RunJournal, queue: ReportQueue, url: String, token: String, limit: Long): String {
+        val report = journal.recover(limit) ?: return "none"
+        queue.enqueue(url, token, report)
+        journal.discard()
+        return report["status"] as String
     }
 }
