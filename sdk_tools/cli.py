@@ -290,7 +290,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
         from sdk_tools.runner.train import rebuild_trained_model
 
         base = torch.load(args.base, map_location="cpu", weights_only=True)
-        state = rebuild_trained_model(bundle, base, Path(args.checkpoint) if args.checkpoint else None).state_dict()
+        checkpoint = Path(args.checkpoint) if args.checkpoint else None
+        state = rebuild_trained_model(bundle, base, checkpoint, args.trust_bundle_code).state_dict()
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, args.out)
         summary.update(out=args.out, trained_tensors=len(bundle.manifest.trainable), total_tensors=len(state))
@@ -508,6 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle")
     p.add_argument("--out", help="state dict file to write (.pt)")
     p.add_argument("--base", help="full state dict to overlay the trained tensors on")
+    p.add_argument(
+        "--trust-bundle-code",
+        action="store_true",
+        help="with --base: let the manifest's model spec (pkg.module:factory) be imported; only for bundles whose "
+        "origin you trust (docs/security.md)",
+    )
     p.add_argument("--onnx", help="ONNX Runtime bundles: write an inference model with the trained weights")
     p.add_argument("--checkpoint")
     p.add_argument("--json", action="store_true")
