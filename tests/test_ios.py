@@ -102,6 +102,7 @@ def test_setup_is_quick_when_up_to_date(swift_built: None) -> None:
         "BundleTests.testRealManifestsOfEveryBundleKindParse",
         "BundleTests.testAnUnknownSchemaVersionIsRefusedWithTheFix",
         "BundleTests.testBundleFilesAreVerifiedBeforeUse",
+        "BundleTests.testARunThatFailsQueuesAnErrorReport",
         "BundleTests.testSHA256OfKnownInputs",
         "BundleTests.testTheHostRunnersCheckpointReadsAndIsWrittenToTheByte",
         "BundleTests.testCheckpointsOfAnotherBundleOrCorruptAreRefused",
@@ -219,7 +220,7 @@ def native_link_flags() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def native_run(swift_built: None, tmp_path_factory: pytest.TempPathFactory) -> NativeRun:
+def native_run(swift_built: None, lab: LabServer, tmp_path_factory: pytest.TempPathFactory) -> NativeRun:
     if not (RUNTIME / "setup.sh").exists():
         pytest.skip("the native core (runtime/, issue 13) is not in this checkout")
     env = {**os.environ, "MEMWALL_PYTHON": sys.executable}  # builds libmemwall.a; a second when up to date
@@ -229,7 +230,12 @@ def native_run(swift_built: None, tmp_path_factory: pytest.TempPathFactory) -> N
     for name, options in NATIVE_CASES.items():
         write_native_case(root / name, options)
     flags, dirs = native_link_flags()
-    env = {"MEMWALL_NATIVE_LINK_FLAGS": flags, "MEMWALL_NATIVE_LIB_DIRS": dirs, "MEMWALL_TEST_NATIVE_CASES": str(root)}
+    env = {
+        "MEMWALL_NATIVE_LINK_FLAGS": flags,
+        "MEMWALL_NATIVE_LIB_DIRS": dirs,
+        "MEMWALL_TEST_NATIVE_CASES": str(root),
+        "MEMWALL_TEST_LAB_URL": lab.url,
+    }
     # Its own build directory: the package with the ExecuTorch target is another configuration than setup.sh's.
     result = run_swift_tests(env, "--build-path", ".build/native", "--filter", "MemwallExecuTorchTests")
     return root, result
@@ -247,14 +253,20 @@ def test_swift_trains_on_the_real_executorch_runtime_like_the_python_runner(nati
         assert measured["largest_parameter_difference"] <= 1e-6, name
 
 
-def test_swift_reports_of_native_runs_are_valid_report_v1(native_run: NativeRun) -> None:
+def test_swift_reports_of_native_runs_are_valid_and_in_the_lab(native_run: NativeRun, lab: LabServer) -> None:
+    """The app's flow (Personalization) queued each run's report.v1 and posted it to the real lab once."""
     root, _ = native_run
     validator = Draft202012Validator(json.loads(REPORT_SCHEMA.read_text()))
-    for name in NATIVE_CASES:
-        report = json.loads((root / name / "report.json").read_text())
-        assert not list(validator.iter_errors(report)), name
-        assert report["status"] == "ok" and report["run"]["steps"] == NATIVE_STEPS
-        assert report["memory"]["peak_delta_bytes"] >= 0
+    rows = Rows(lab.db_url)
+    try:
+        for name in NATIVE_CASES:
+            report = json.loads((root / name / "report.json").read_text())
+            assert not list(validator.iter_errors(report)), name
+            assert report["status"] == "ok" and report["run"]["steps"] == NATIVE_STEPS
+            assert report["memory"]["peak_delta_bytes"] >= 0
+            assert rows.reports(report_id=report["run"]["report_id"], status="ok", backend="executorch") == 1, name
+    finally:
+        rows.engine.dispose()
 
 
 def swift_sources() -> list[Path]:

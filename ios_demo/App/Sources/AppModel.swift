@@ -64,42 +64,25 @@ final class AppModel: ObservableObject {
         status = "Loading \(url.lastPathComponent)…"
         let sketches = self.sketches, steps = self.steps, journal = self.journal, queue = self.queue
         let deviceId = registration?.deviceId ?? "00000000-0000-4000-8000-000000000000"
+        // Training runs off the main thread; the sketches are split 3:1 into training and held-out samples.
+        let personalization = Personalization(device: .current(deviceId: deviceId), journal: journal, queue: queue)
         Task.detached(priority: .userInitiated) {
             do {
-                // Before the bundle loads: report.v1's baseline.
-                let sampler = MemorySampler { bytes in Task { @MainActor in self.memoryBytes = bytes } }
-                let bundle = try TrainingBundle(directory: url)
-                let all = try sketches.map { try bundle.manifest.sample($0.0, label: $0.1) }
-                let evaluation = all.enumerated().filter { $0.offset % 4 == 3 }.map(\.element)
-                let training = all.enumerated().filter { $0.offset % 4 != 3 }.map(\.element)
-                let backend = try Backends.make(bundle)
-                let device = Report.Device.current(deviceId: deviceId)
-                let started = Date()
-                var pending = Report(device: device, bundle: Report.BundleSection(bundle),
-                                     run: .init(reportId: UUID().uuidString.lowercased(), startedAt: rfc3339(started),
-                                                batchSize: bundle.manifest.training.batchSize, threads: backend.threads),
-                                     memory: Report.Memory(baselineBytes: sampler.baseline), status: "crash")
-                try journal.begin(pending)
-                let result: TrainingResult
-                do {
-                    result = try Trainer(backend: backend).run(steps: steps, samples: training, evaluation: evaluation,
-                                                               sampler: sampler) { progress in
-                        try? journal.progress(stepsDone: progress.step, memoryBytes: progress.memoryBytes)
-                        Task { @MainActor in self.progress = progress }
-                    }
-                } catch {
-                    pending.status = "error"
-                    pending.error = Report.RunError(kind: "exception", message: "\(error)")
-                    try queue.enqueue(pending)
-                    journal.end()
-                    throw error
-                }
-                journal.end()
-                try queue.enqueue(Report(device: device, bundle: bundle, reportId: pending.run.reportId,
-                                         startedAt: started, result: result))
+                let outcome = try personalization.run(
+                    bundleAt: url, steps: steps,
+                    data: { manifest in
+                        let all = try sketches.map { try manifest.sample($0.0, label: $0.1) }
+                        return (all.enumerated().filter { $0.offset % 4 != 3 }.map(\.element),
+                                all.enumerated().filter { $0.offset % 4 == 3 }.map(\.element))
+                    },
+                    makeBackend: Backends.make,
+                    onMemory: { bytes in Task { @MainActor in self.memoryBytes = bytes } },
+                    progress: { progress in Task { @MainActor in self.progress = progress } }
+                )
+                let peak = ByteCountFormatter.string(fromByteCount: outcome.result.memory.peakDeltaBytes ?? 0, countStyle: .memory)
                 await MainActor.run {
-                    self.accuracy = (result.accuracyBefore, result.accuracyAfter)
-                    self.status = "Trained \(result.steps) steps; peak +\(ByteCountFormatter.string(fromByteCount: result.memory.peakDeltaBytes ?? 0, countStyle: .memory))"
+                    self.accuracy = (outcome.result.accuracyBefore, outcome.result.accuracyAfter)
+                    self.status = "Trained \(outcome.result.steps) steps; peak +\(peak)"
                 }
             } catch {
                 await MainActor.run { self.status = "\(error)" }

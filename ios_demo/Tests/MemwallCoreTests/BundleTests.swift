@@ -68,6 +68,23 @@ final class BundleTests: XCTestCase {
         }
     }
 
+    func testARunThatFailsQueuesAnErrorReport() throws {
+        let directory = try makeBundle(program: Data("not a program".utf8))
+        let work = try Golden.temporaryDirectory(self)
+        let personalization = Personalization(device: .current(deviceId: "00000000-0000-4000-8000-000000000001"),
+                                              journal: RunJournal(url: work.appendingPathComponent("journal.json")),
+                                              queue: ReportQueue(directory: work.appendingPathComponent("reports")))
+        XCTAssertThrowsError(try personalization.run(
+            bundleAt: directory, steps: 3, data: { _ in ([], []) },
+            makeBackend: { _ in throw MemwallError(.unsupported, "this build has no ExecuTorch runtime") }
+        ))
+        let queued = try personalization.queue.pending().map { try Report.decode(try Data(contentsOf: $0)) }
+        XCTAssertEqual(queued.map(\.status), ["error"])
+        XCTAssertEqual(queued.first?.error?.kind, "unsupported")
+        XCTAssertEqual(queued.first?.memory?.baselineBytes.map { $0 > 0 }, true)
+        XCTAssertNil(try personalization.journal.recover(into: personalization.queue, memoryLimit: nil), "not a killed run")
+    }
+
     func testSHA256OfKnownInputs() {
         XCTAssertEqual(SHA256.hex(Data()), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
         XCTAssertEqual(SHA256.hex(Data("abc".utf8)), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")

@@ -7,8 +7,11 @@ import XCTest
 /// path an iPhone runs — and trains real bundles. tests/test_ios.py exports them, trains them with the Python
 /// host runner on the same samples, and passes the directory in MEMWALL_TEST_NATIVE_CASES: one directory per
 /// case with `bundle/` and `case.json` (samples, steps, the Python runner's losses, accuracies and parameters).
-/// Each case writes `swift.json` (what Swift measured) and `report.json` (its report.v1) beside it.
+/// Each case writes `swift.json` (what Swift measured) and `report.json` (its report.v1) beside it, and posts the
+/// report to the lab at MEMWALL_TEST_LAB_URL when there is one.
 final class NativeTrainingTests: XCTestCase {
+    static let anonymous = "00000000-0000-4000-8000-00000000d01d"
+
     struct Case: Decodable {
         let steps: Int
         let samples: [Sample]
@@ -31,6 +34,9 @@ final class NativeTrainingTests: XCTestCase {
         guard let root = ProcessInfo.processInfo.environment["MEMWALL_TEST_NATIVE_CASES"] else {
             throw XCTSkip("tests/test_ios.py passes the exported bundles (MEMWALL_TEST_NATIVE_CASES)")
         }
+        // With a lab (MEMWALL_TEST_LAB_URL), each run's report is posted to it as the app posts it.
+        let lab = ProcessInfo.processInfo.environment["MEMWALL_TEST_LAB_URL"].flatMap(URL.init(string:)).map(LabClient.init)
+        let registration = try lab?.register(name: "swift-native-\(UUID().uuidString.prefix(8))")
         let cases = try FileManager.default.contentsOfDirectory(atPath: root).sorted()
         XCTAssertFalse(cases.isEmpty)
         for name in cases {
@@ -38,18 +44,24 @@ final class NativeTrainingTests: XCTestCase {
             let decoder = JSONDecoder()
             decoder.keyDecodingStrategy = .convertFromSnakeCase
             let golden = try decoder.decode(Case.self, from: try Data(contentsOf: directory.appendingPathComponent("case.json")))
-            // The sampler's baseline is taken before the bundle loads, as report.v1 defines it.
-            let sampler = MemorySampler()
-            let started = Date()
-            let bundle = try TrainingBundle(directory: directory.appendingPathComponent("bundle"))
-            let backend = try ExecuTorchBackend(bundle: bundle)
-            let trainer = Trainer(backend: backend)
+            // The app's own flow (MemwallCore.Personalization): baseline, journal, training, queued report.
+            let app = directory.appendingPathComponent("app")
+            let personalization = Personalization(device: .current(deviceId: registration?.deviceId ?? Self.anonymous),
+                                                  journal: RunJournal(url: app.appendingPathComponent("journal.json")),
+                                                  queue: ReportQueue(directory: app.appendingPathComponent("reports")))
             var seen = 0
-            let result = try trainer.run(steps: golden.steps, samples: golden.samples, evaluation: golden.evaluation,
-                                         sampler: sampler) { progress in
+            let outcome = try personalization.run(
+                bundleAt: directory.appendingPathComponent("bundle"), steps: golden.steps,
+                data: { _ in (golden.samples, golden.evaluation) },
+                makeBackend: { try ExecuTorchBackend(bundle: $0) }
+            ) { progress in
                 seen += 1
                 XCTAssertEqual(progress.step, seen)
             }
+            let (bundle, result) = (outcome.bundle, outcome.result)
+            let backend = try XCTUnwrap(outcome.backend as? ExecuTorchBackend)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: personalization.journal.url.path), "a finished run clears its journal")
+            XCTAssertEqual(personalization.queue.pending().count, 1)
             XCTAssertEqual(seen, golden.steps)
             XCTAssertEqual(backend.steps, golden.steps)
             XCTAssertEqual(result.accuracyBefore, golden.accuracyBefore, name)
@@ -85,9 +97,10 @@ final class NativeTrainingTests: XCTestCase {
             XCTAssertEqual(try backend.loadCheckpoint(from: swiftWritten), golden.steps * bundle.manifest.training.microBatches)
             XCTAssertEqual(backend.steps, golden.steps)
 
-            let report = Report(device: .current(deviceId: "00000000-0000-4000-8000-00000000d01d"), bundle: bundle,
-                                startedAt: started, result: result)
-            try report.encoded().write(to: directory.appendingPathComponent("report.json"))
+            try outcome.report.encoded().write(to: directory.appendingPathComponent("report.json"))
+            if let lab, let registration {
+                XCTAssertEqual(personalization.queue.flush(to: lab, token: registration.token), ReportQueue.FlushResult(delivered: 1))
+            }
             let measured = Measured(losses: result.losses, largestLossDifference: largestLoss,
                                     largestParameterDifference: largestParameter, stepTimesMs: result.stepTimesMs,
                                     peakDeltaBytes: result.memory.peakDeltaBytes ?? 0)
