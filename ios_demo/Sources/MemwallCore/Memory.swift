@@ -2,6 +2,9 @@ import Foundation
 #if canImport(Darwin)
 import Darwin
 #endif
+#if os(iOS)
+import os  // os_proc_available_memory
+#endif
 
 /// The process's memory in the platform's primary metric: phys_footprint on Apple platforms (what jetsam
 /// compares with the app's limit), resident set size on Linux (VmRSS now, VmHWM peak).
@@ -93,10 +96,11 @@ public final class MemorySampler: @unchecked Sendable {
                              iosPhysFootprintBytes: footprint, nativeHeapBytes: nil, samples: samples)
     }
 
-    public var current: (samples: [Report.Sample], peak: Int64) {
+    /// The last sample's bytes (the live figure).
+    public var latest: Int64 {
         lock.lock()
         defer { lock.unlock() }
-        return (samples, largest)
+        return samples.last?.rssBytes ?? baseline
     }
 
     private var isRunning: Bool {

@@ -154,7 +154,7 @@ public final class Trainer {
             let loss = try backend.trainStep(calls)
             times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6)
             losses.append(loss)
-            progress?(TrainingProgress(step: step, steps: steps, loss: loss, memoryBytes: sampler.current.samples.last?.rssBytes ?? 0))
+            progress?(TrainingProgress(step: step, steps: steps, loss: loss, memoryBytes: sampler.latest))
         }
         let after = try accuracy(evaluation)
         memory = sampler.end()
