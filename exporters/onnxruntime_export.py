@@ -58,6 +58,7 @@ from exporters.techniques.onnx_recompute import (
 from exporters.techniques.onnx_symbolics import onnx_training_symbolics
 from exporters.techniques.recompute import RecomputeConfig
 from exporters.training_graph import MODEL_PREFIX, TrainStep, trainable_parameters
+from exporters.verify import UnsupportedOperatorError, runtime_version
 
 OPSET = 17
 BATCH_DIM = "batch"
@@ -192,14 +193,14 @@ def _native_stderr_to(path: Path) -> Iterator[None]:
             os.close(saved)
 
 
-def _no_gradient_error(exc: RuntimeError) -> ValueError | None:
+def _no_gradient_error(exc: RuntimeError) -> UnsupportedOperatorError | None:
     match = re.search(r"gradient builder has not been registered: (\S+) for node (\S+)", str(exc))
     if match is None:
         return None
     op, node = match.groups()
-    return ValueError(
-        f"ONNX Runtime has no gradient for op {op} (node {node}), which lies between the loss and a "
-        f"trainable parameter. Freeze the parameters before it (requires_grad=False) so no gradient flows "
+    return UnsupportedOperatorError(
+        f"{runtime_version('onnxruntime')} has no gradient for op {op} (node {node}), which lies between the loss "
+        f"and a trainable parameter. Freeze the parameters before it (requires_grad=False) so no gradient flows "
         f"through {op}, replace it with ops ONNX Runtime can differentiate, or use the executorch backend."
     )
 
