@@ -45,9 +45,21 @@ def rewrite_joint_graph(
         from exporters.techniques.avgpool_backward import ADAPTIVE_AVGPOOL_BACKWARD, AVGPOOL_BACKWARD
         from exporters.techniques.conv_backward import CONV_BACKWARD
         from exporters.techniques.empty_permuted import EMPTY_PERMUTED
-        from exporters.techniques.maxpool_backward import MAXPOOL_BACKWARD
+        from exporters.techniques.maxpool_backward import (
+            ADAPTIVE_MAXPOOL,
+            ADAPTIVE_MAXPOOL_BACKWARD,
+            MAXPOOL_BACKWARD,
+        )
 
-        rewrites = (MAXPOOL_BACKWARD, AVGPOOL_BACKWARD, ADAPTIVE_AVGPOOL_BACKWARD, EMPTY_PERMUTED, CONV_BACKWARD)
+        rewrites = (
+            MAXPOOL_BACKWARD,
+            ADAPTIVE_MAXPOOL,
+            ADAPTIVE_MAXPOOL_BACKWARD,
+            AVGPOOL_BACKWARD,
+            ADAPTIVE_AVGPOOL_BACKWARD,
+            EMPTY_PERMUTED,
+            CONV_BACKWARD,
+        )
     counts: dict[str, int] = {}
     table: dict[OpOverload, Callable[..., Any]] = {}
     for rewrite in rewrites:
