@@ -265,15 +265,15 @@ def jni_host(built: Path) -> Path:
     subprocess.run([str(RUNTIME / "setup.sh")], env=env, check=True, capture_output=True, timeout=1800)
     bin_dir = Path(sys.executable).parent
     build = built / "jni-host"
-    if not (build / "build.ninja").is_file():
-        import executorch
+    import executorch
 
-        subprocess.run(
-            [str(bin_dir / "cmake"), "-S", str(DEMO / "app/src/main/cpp"), "-B", str(build), "-G", "Ninja",
-             f"-DCMAKE_MAKE_PROGRAM={bin_dir / 'ninja'}", f"-DCMAKE_PREFIX_PATH={next(iter(executorch.__path__))}",
-             f"-DMEMWALL_RUNTIME_DIR={RUNTIME}", "-DCMAKE_BUILD_TYPE=Release"],
-            check=True, capture_output=True, timeout=600,
-        )  # fmt: skip
+    # Configured every time (seconds): the cache must follow RUNTIME if it moved.
+    subprocess.run(
+        [str(bin_dir / "cmake"), "-S", str(DEMO / "app/src/main/cpp"), "-B", str(build), "-G", "Ninja",
+         f"-DCMAKE_MAKE_PROGRAM={bin_dir / 'ninja'}", f"-DCMAKE_PREFIX_PATH={next(iter(executorch.__path__))}",
+         f"-DMEMWALL_RUNTIME_DIR={RUNTIME}", "-DCMAKE_BUILD_TYPE=Release"],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
     ninja = subprocess.run([str(bin_dir / "ninja"), "-C", str(build), "memwall_jni"], capture_output=True, text=True)
     assert ninja.returncode == 0, ninja.stdout[-4000:]
     jar = built / "jni-host.jar"
