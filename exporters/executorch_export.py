@@ -123,6 +123,7 @@ def export_executorch(
     joint, fixes = rewrite_joint_graph(joint)  # backward ops the runtime gets wrong or lacks (training rewrites)
     applied += fixes
     predict = export_predict_graph(model, inputs, [strip_prefix(n) for n in gradient_order(joint)])
+    predict, _ = rewrite_joint_graph(predict)  # the same forward ops (adaptive max-pool) in the predict method
     methods = {TRAIN_METHOD: joint, PREDICT_METHOD: predict}
     delegates: dict[str, int] = {}
     delegate_bytes = 0

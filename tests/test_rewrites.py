@@ -15,7 +15,7 @@ from torch import nn
 
 from exporters import OptimizerConfig, export_bundle
 from exporters.training_graph import prepare_for_training_export, strip_prefix
-from sdk_tools.coverage import ATOL, ROWS_BY_NAME, RTOL, Cell, check_cell
+from sdk_tools.coverage import ROWS_BY_NAME, Cell, check_cell
 from sdk_tools.runner.train import open_session
 
 CASES = [
@@ -32,6 +32,11 @@ CASES = [
     # ONNX Runtime 1.19.2's AveragePoolGrad killed the process (SIGFPE) at the first step.
     ("AvgPool2d 3x3 stride 1 pad 1", "onnxruntime", "avgpool_conv"),
     ("AdaptiveAvgPool2d 2x2", "onnxruntime", "adaptive_avgpool_conv"),
+    # ExecuTorch's convolution_backward takes only 2-D non-transposed convolutions: the step failed.
+    ("Conv1d", "executorch", "conv1d_transposed_backward"),
+    ("ConvTranspose2d 3x3 s2 p1 out-pad 1, groups 2", "executorch", "conv1d_transposed_backward"),
+    # No adaptive_max_pool2d kernels: as max_pool2d_with_indices, backward as the scatter-add.
+    ("AdaptiveMaxPool2d 1x1", "executorch", "adaptive_maxpool_as_maxpool+adaptive_maxpool_backward_scatter"),
     # SiLU's backward decomposes through empty_permuted, which ExecuTorch has no kernel for.
     ("SiLU", "executorch", "empty_permuted_as_empty"),
     # ORT differentiated eval-mode BatchNormalization as in training mode: weight gradient 9.4x off.
@@ -43,6 +48,8 @@ CASES = [
     ("Softplus", "onnxruntime", "softplus_primitives"),
     ("Mish", "onnxruntime", "mish_primitives"),
     ("PReLU", "onnxruntime", "prelu_primitives"),
+    # No CPU kernel for ResizeGrad in ORT's training build: the bundle failed to load.
+    ("Upsample nearest x2", "onnxruntime", "upsample_nearest_expand"),
 ]
 
 
@@ -121,6 +128,8 @@ class TinyResNet(nn.Module):
 
 ZOO = {"cifar_cnn": CifarCNN, "groupnorm_cnn": GroupNormCNN, "resnet_tiny": TinyResNet}
 ZOO_SHAPE, ZOO_BATCH, ZOO_LR = (3, 16, 16), 4, 0.1
+# Three float32 steps of a small network: the runtimes' summation order differs from eager by ~1e-7 relative.
+RTOL, ATOL = 1e-4, 1e-5
 
 
 @pytest.mark.parametrize("backend", ["executorch", "onnxruntime"])

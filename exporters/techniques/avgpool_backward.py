@@ -56,22 +56,33 @@ def _pool_args(
     return kernel, stride, _pair(padding), bool(ceil_mode), bool(count_include_pad), divisor  # type: ignore[arg-type,return-value]
 
 
+def _exact(rank: int, args: Sequence[object]) -> bool:
+    _, _, padding, ceil_mode, count_include_pad, _ = _pool_args(args)
+    return rank == 4 and not ceil_mode and (count_include_pad or not any(padding))
+
+
 def _avgpool_exact(node: Node) -> bool:
-    _, _, padding, ceil_mode, count_include_pad, _ = _pool_args(node.args)
-    return len(static_shape(node.args[1])) == 4 and not ceil_mode and (count_include_pad or not any(padding))
+    return _exact(len(static_shape(node.args[1])), node.args)
 
 
-def avgpool_backward(grad: torch.Tensor, x: torch.Tensor, *args: object) -> torch.Tensor:
+def avgpool_backward(grad: torch.Tensor, x: torch.Tensor, *args: object) -> torch.Tensor | object:
+    if not _exact(x.dim(), (grad, x, *args)):
+        return NotImplemented
     kernel, stride, padding, _, _, divisor = _pool_args((grad, x, *args))
     return depthwise_mean_backward(grad, x, kernel, stride, padding, 1.0 / (divisor or kernel[0] * kernel[1]))
 
 
-def _adaptive_even(node: Node) -> bool:
-    grad, x = (static_shape(a) for a in node.args[:2])
+def _even(grad: Sequence[int], x: Sequence[int]) -> bool:
     return len(x) == 4 and x[2] % grad[2] == 0 and x[3] % grad[3] == 0
 
 
-def adaptive_avgpool_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _adaptive_even(node: Node) -> bool:
+    return _even(*(static_shape(a) for a in node.args[:2]))
+
+
+def adaptive_avgpool_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor | object:
+    if not _even(grad.shape, x.shape):
+        return NotImplemented
     kernel = [x.shape[2] // grad.shape[2], x.shape[3] // grad.shape[3]]
     return depthwise_mean_backward(grad, x, kernel, kernel, [0, 0], 1.0 / (kernel[0] * kernel[1]))
 

@@ -17,11 +17,17 @@ from torch.fx import Node
 from exporters.techniques.joint_graph_rewrites import JointGraphRewrite
 
 
+def _identity(layout: Sequence[int]) -> bool:
+    return list(layout) == list(range(len(layout)))
+
+
 def _identity_layout(node: Node) -> bool:
-    return list(node.args[1]) == list(range(len(node.args[1])))  # type: ignore[arg-type]
+    return _identity(node.args[1])  # type: ignore[arg-type]
 
 
-def empty(size: Sequence[int], _layout: Sequence[int], **kwargs: object) -> torch.Tensor:
+def empty(size: Sequence[int], physical_layout: Sequence[int], **kwargs: object) -> torch.Tensor | object:
+    if not _identity(physical_layout):
+        return NotImplemented
     return torch.empty(list(size), dtype=kwargs.get("dtype"))  # type: ignore[arg-type]
 
 

@@ -24,7 +24,11 @@ from torch.fx import Node
 
 @dataclass(frozen=True)
 class JointGraphRewrite:
-    """``op``'s nodes for which ``applies(node)`` holds become ``decompose(*node.args)``."""
+    """``op``'s nodes for which ``applies(node)`` holds become ``decompose(*node.args)``.
+
+    ``decompose`` sees every node of ``op`` (a decomposition table cannot choose per node) and returns
+    ``NotImplemented`` for those ``applies`` rejects: they keep the runtime's own kernel.
+    """
 
     name: str
     op: OpOverload
@@ -39,17 +43,30 @@ def rewrite_joint_graph(
     """``joint`` with every applicable rewrite done (default: all of ExecuTorch's), and the techniques applied."""
     if rewrites is None:
         from exporters.techniques.avgpool_backward import ADAPTIVE_AVGPOOL_BACKWARD, AVGPOOL_BACKWARD
+        from exporters.techniques.conv_backward import CONV_BACKWARD
         from exporters.techniques.empty_permuted import EMPTY_PERMUTED
-        from exporters.techniques.maxpool_backward import MAXPOOL_BACKWARD
+        from exporters.techniques.maxpool_backward import (
+            ADAPTIVE_MAXPOOL,
+            ADAPTIVE_MAXPOOL_BACKWARD,
+            MAXPOOL_BACKWARD,
+        )
 
-        rewrites = (MAXPOOL_BACKWARD, AVGPOOL_BACKWARD, ADAPTIVE_AVGPOOL_BACKWARD, EMPTY_PERMUTED)
+        rewrites = (
+            MAXPOOL_BACKWARD,
+            ADAPTIVE_MAXPOOL,
+            ADAPTIVE_MAXPOOL_BACKWARD,
+            AVGPOOL_BACKWARD,
+            ADAPTIVE_AVGPOOL_BACKWARD,
+            EMPTY_PERMUTED,
+            CONV_BACKWARD,
+        )
     counts: dict[str, int] = {}
     table: dict[OpOverload, Callable[..., Any]] = {}
     for rewrite in rewrites:
         nodes = [n for n in joint.graph.nodes if n.op == "call_function" and n.target is rewrite.op]
-        if nodes and all(rewrite.applies(n) for n in nodes):
-            # All or none per op: a decomposition table cannot choose per node.
-            counts[rewrite.name] = len(nodes)
+        applicable = sum(rewrite.applies(n) for n in nodes)
+        if applicable:
+            counts[rewrite.name] = applicable
             table[rewrite.op] = rewrite.decompose
     if not table:
         return joint, []

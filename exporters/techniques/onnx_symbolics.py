@@ -30,8 +30,17 @@ def all_rewrites() -> tuple[OnnxSymbolicRewrite, ...]:
     from exporters.techniques.onnx_avgpool import ADAPTIVE_AVGPOOL_CONV, AVGPOOL_CONV
     from exporters.techniques.onnx_batchnorm import BATCH_NORM_EVAL
     from exporters.techniques.onnx_normalization import GROUP_NORM, INSTANCE_NORM
+    from exporters.techniques.onnx_upsample import UPSAMPLE_NEAREST
 
-    return (GROUP_NORM, INSTANCE_NORM, BATCH_NORM_EVAL, AVGPOOL_CONV, ADAPTIVE_AVGPOOL_CONV, *ACTIVATIONS)
+    return (
+        GROUP_NORM,
+        INSTANCE_NORM,
+        BATCH_NORM_EVAL,
+        AVGPOOL_CONV,
+        ADAPTIVE_AVGPOOL_CONV,
+        UPSAMPLE_NEAREST,
+        *ACTIVATIONS,
+    )
 
 
 @contextlib.contextmanager
