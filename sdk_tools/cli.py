@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from exporters.bundle import Bundle, BundleError
 from sdk_tools.lab.cli import add_lab_parser
@@ -15,7 +16,8 @@ from sdk_tools.lab.client import LabClientError
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+    # allow_nan=False: NaN is not JSON (the apps' and the lab's parsers refuse it); non-finite figures are null.
+    print(json.dumps(data, indent=2, default=str, allow_nan=False))
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -254,15 +256,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(bundle, _train_config(args, resume=args.resume, checkpoint_every=args.checkpoint_every))
     if args.json:
         _print_json(result.to_json())
+    else:
+        before = "-" if result.accuracy_before is None else f"{result.accuracy_before:.1%}"
+        after = "-" if result.accuracy_after is None else f"{result.accuracy_after:.1%}"
+        print(
+            f"trained {result.steps_run} steps ({result.total_steps} in total), loss {_loss(result.losses[0])} -> "
+            f"{_loss(result.losses[-1])}, {result.steps_per_second:.2f} steps/s\n"
+            f"accuracy on {args.eval_split}: {before} -> {after}\ncheckpoint {result.checkpoint}"
+        )
+    return _diverged(args, result.diverged_at_step, result.checkpoint)
+
+
+def _loss(value: float | None) -> str:
+    return "not finite" if value is None else f"{value:.4f}"
+
+
+def _diverged(args: argparse.Namespace, step: int | None, checkpoint: str | None) -> int:
+    """Exit status 2 with one line when training stopped on a non-finite loss or weight, else 0."""
+    if step is None:
         return 0
-    before = "-" if result.accuracy_before is None else f"{result.accuracy_before:.1%}"
-    after = "-" if result.accuracy_after is None else f"{result.accuracy_after:.1%}"
+    kept = f"the checkpoint {checkpoint} is the last good one" if checkpoint else "no checkpoint was written"
     print(
-        f"trained {result.steps_run} steps ({result.total_steps} in total), loss {result.losses[0]:.4f} -> "
-        f"{result.losses[-1]:.4f}, {result.steps_per_second:.2f} steps/s\n"
-        f"accuracy on {args.eval_split}: {before} -> {after}\ncheckpoint {result.checkpoint}"
+        f"memwall {args.command}: error: training diverged at step {step} (loss or weights not finite); {kept}. "
+        "Lower the learning rate (re-export with a smaller --lr) or check the data for extreme values",
+        file=sys.stderr,
     )
-    return 0
+    return 2
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -336,7 +355,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         )
         phases = ", ".join(f"{name} {mib(value)}" for name, value in result.phase_peak_delta_bytes.items())
         print(f"peak by phase: {phases}")
-    return 0
+    return _diverged(args, result.train.get("diverged_at_step"), result.train.get("checkpoint"))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -441,8 +460,15 @@ def _add_plan_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a mistake prints one line (problem, then where the fix is), not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="memwall", description=__doc__)
+    parser = OneLineParser(prog="memwall", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("export", help="export a model as an on-device training bundle")
@@ -534,8 +560,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (BundleError, LabClientError, ValueError, OSError, KeyError, RuntimeError) as exc:
-        print(f"memwall {args.command}: error: {exc}", file=sys.stderr)
+        print(f"memwall {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"memwall {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not a user mistake: still one line, and the way to the traceback
+        if os.environ.get("MEMWALL_DEBUG"):
+            raise
+        print(
+            f"memwall {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} (a bug: please report "
+            "it with the traceback MEMWALL_DEBUG=1 prints)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message on one line (KeyError quotes its key; runtimes put newlines in theirs)."""
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(str(text).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":
