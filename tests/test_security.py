@@ -308,3 +308,46 @@ def test_data_file_that_is_not_an_npz(tmp_path: Path, et_bundle: Path, capsys: p
         load_npz(path, SHAPE, 10)
     err = cli_error(capsys, "train", str(et_bundle), "--data", str(path), "--steps", "1")
     assert "not a readable .npz" in err
+
+
+# --- every mistake: one line, exit 2 --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (["inspect", "/nonexistent"], "no manifest.json file"),
+        (["train", "{et}", "--steps", "0"], "--steps: expected a positive integer"),
+        (["train", "{et}", "--checkpoint-every", "-5"], "expected an integer >= 0"),
+        (["train", "{et}", "--data", "/tmp"], "unknown dataset"),
+        (["train", "{et}", "--data", "missing.npz"], "does not exist"),
+        (["train", "{et}", "--resume", "--checkpoint", "/nonexistent.safetensors"], "no checkpoint at"),
+        (["pull", "{et}"], "say what to write"),
+        (["pull", "{et}", "--out", "x.pt", "--base", "{garbage}"], "not a torch.save file"),
+        (["pull", "{et}", "--onnx", "x.onnx"], "--onnx needs an onnxruntime bundle"),
+        (["measure", "{et}", "--cap", "abc"], "cannot read 'abc' as a memory size"),
+        (["measure", "{et}", "--threads", "0"], "--threads: expected a positive integer"),
+        (["measure", "{et}", "--lab", "http://127.0.0.1:9"], "--lab needs --token"),
+        (["analyze"], "analyze a bundle"),
+        (["export", "--model", "nonexist", "--input-shape", "1,8,8", "--out", "x"], "unknown model"),
+        (["export", "--model", "mlp", "--input-shape", "1,8,8", "--model-kwargs", '{"bogus": 1}', "--out", "x"],
+         "check --model-kwargs"),
+        (["export", "--model", "mlp", "--input-shape", "1,8,8", "--model-kwargs", "[1]", "--out", "x"],
+         "must be a JSON object"),
+        (["export", "--model", "mlp", "--input-shape", "a,b", "--out", "x"], "comma-separated integers"),
+        (["export", "--model", "mlp", "--input-shape", "1,8,8", "--batch", "0", "--out", "x"], "positive integer"),
+        (["export", "--model", "mlp", "--input-shape", "1,8,8", "--weights", "{garbage}", "--out", "x"],
+         "not a torch.save file"),
+        (["export", "--model", "mlp", "--input-shape", "1,8,8", "--lr", "-1", "--out", "x"], "learning rate"),
+        (["export", "--model", "mlp", "--input-shape", "1,8,8", "--out", "{et}"], "--force"),
+        (["export", "--model", "mlp"], "required"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_cli_mistakes_are_one_line(
+    argv: list[str], problem: str, et_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a state dict")
+    err = cli_error(capsys, *(arg.replace("{et}", str(et_bundle)).replace("{garbage}", str(garbage)) for arg in argv))
+    assert problem in err

@@ -99,7 +99,9 @@ def load_checkpoint(path: Path, bundle: Bundle) -> Checkpoint:
     progress counters, every trainable tensor by name, shape and dtype, and that every float tensor is finite.
     A checkpoint comes back from a device: it is untrusted input like the bundle (docs/security.md)."""
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; train without --resume first")
+        raise CheckpointError(
+            f"no checkpoint at {path}: train the bundle first (memwall train, without --resume) or pass --checkpoint"
+        )
     try:
         with safe_open(str(path), framework="pt") as fh:
             metadata = fh.metadata() or {}

@@ -41,6 +41,11 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.steps < 1 or self.checkpoint_every < 0:
+            raise ValueError(
+                f"steps must be at least 1 and checkpoint_every at least 0 (0: at the end only), got {self.steps} "
+                f"and {self.checkpoint_every}"
+            )
         if self.eval_samples is not None and self.eval_samples < 1:
             raise ValueError(f"eval_samples must be at least 1, got {self.eval_samples} (or None: the whole split)")
         if self.eval_samples is not None and not self.eval_split:
