@@ -83,3 +83,10 @@ def test_oversized_request_heads_are_refused(request_bytes, lab_server, api) -> 
         answer = connection.recv(200)
     assert answer.startswith(b"HTTP/1.1 4"), answer
     assert api.get("/api/v1/health").status == 200
+
+
+def test_unknown_endpoints_and_methods_say_where_to_look(api) -> None:
+    missing = api.get("/api/v2/reports")
+    assert missing.status == 404 and missing.body["message"].startswith("GET /api/v2/reports: no such endpoint")
+    wrong = api.post("/api/v1/health", b"{}")
+    assert wrong.status == 405 and "openapi.json" in wrong.body["message"]
