@@ -20,6 +20,8 @@ from safetensors.torch import load_file
 from exporters import ModelSpec, OptimizerConfig, export_bundle
 from exporters.bundle import Bundle, BundleError, load_bundle
 from exporters.techniques.fused_update import FusedUpdateConfig
+from exporters.techniques.int8_weights import Int8WeightsConfig, quantize_frozen_weights
+from exporters.techniques.lora import LoraConfig, apply_lora
 from exporters.techniques.speed_routes import SpeedConfig
 from sdk_tools.data.digits import DigitsSplit
 from sdk_tools.lab.schema import validate_report
@@ -71,9 +73,22 @@ SGD_NESTEROV = OptimizerConfig(kind="sgd", lr=0.05, momentum=0.9, weight_decay=0
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Bundle]:
-    """SGD+nesterov+weight decay with a frozen layer, AdamW over 2 micro-batches, AdamW fused into the program, and a
-    SmallCNN whose frozen convolutions run on the XNNPACK delegate (speed routes)."""
+    """SGD+nesterov+weight decay with a frozen layer, AdamW over 2 micro-batches, AdamW fused into the program, an
+    MLP with LoRA adapters and an int8 frozen layer, and a SmallCNN whose frozen convolutions run on the XNNPACK
+    delegate (speed routes)."""
     root = tmp_path_factory.mktemp("native-bundles")
+    lora = LoraConfig(rank=2, targets=("features.3",), trainable=("classifier.*",))
+    int8 = Int8WeightsConfig(targets=("features.1",))
+    adapted = quantize_frozen_weights(apply_lora(make_model("mlp"), lora), int8)
+    lora_int8 = export_bundle(
+        adapted,
+        root / "mlp-lora-int8",
+        sample_shape=REFERENCE_CASES["mlp"][1],
+        batch_size=4,
+        optimizer=SGD_NESTEROV,
+        model_spec=ModelSpec("mlp", {}),
+        techniques=[{"name": "lora", "config": lora.to_json()}, {"name": "int8_weights", "config": int8.to_json()}],
+    )
     cnn = make_model("small_cnn")
     for name, p in cnn.named_parameters():
         p.requires_grad_(name.startswith("classifier."))
@@ -92,6 +107,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Bundle]:
         "micro": _mlp(root, "-micro", ADAMW, batch=2, micro_batches=2),
         "fused": _mlp(root, "-fused", ADAMW, fused_update=FusedUpdateConfig()),
         "xnnpack": xnnpack,
+        "lora-int8": lora_int8,
     }
 
 
@@ -168,7 +184,7 @@ def assert_same_state(native: dict[str, torch.Tensor], python: dict[str, torch.T
         torch.testing.assert_close(native[name], value, rtol=0, atol=atol, msg=name)
 
 
-@pytest.mark.parametrize("kind", ["sgd", "micro", "fused", "xnnpack"])
+@pytest.mark.parametrize("kind", ["sgd", "micro", "fused", "xnnpack", "lora-int8"])
 def test_native_trains_like_the_python_runner(
     kind: str, native: Path, bundles: dict[str, Bundle], data: Path, tmp_path: Path
 ) -> None:
@@ -185,7 +201,7 @@ def test_native_trains_like_the_python_runner(
     np.testing.assert_allclose(native_losses, python_losses, rtol=1e-6, atol=1e-6)
     native_state = load_file(native_dir / "checkpoint.safetensors")
     # SGD is PyTorch's rule bit for bit; AdamW's sqrt may round differently from torch's.
-    assert_same_state(native_state, python_state, atol=0 if kind in ("sgd", "xnnpack") else 1e-6)
+    assert_same_state(native_state, python_state, atol=0 if kind in ("sgd", "xnnpack", "lora-int8") else 1e-6)
     with safe_open(str(native_dir / "checkpoint.safetensors"), framework="pt") as fh:
         metadata = fh.metadata()
     assert metadata == {
