@@ -419,3 +419,20 @@ def test_bad_data_and_checkpoints_are_refused(
         text=True,
     )
     assert done.returncode == 2 and "was saved for another bundle" in done.stderr
+    saved = other / "checkpoint.safetensors"
+    raw = saved.read_bytes()
+    header = raw[8 : 8 + int.from_bytes(raw[:8], "little")]
+    hostile = {
+        "truncated": raw[:-5],
+        "header length past the end": (1 << 40).to_bytes(8, "little") + raw[8:],
+        "format of another type": raw[:8]
+        + header.replace(b'"memwall.checkpoint"', b'["memwall.x"]       ')
+        + raw[8 + len(header) :],
+    }
+    for case, content in hostile.items():
+        saved.write_bytes(content)
+        done = subprocess.run(
+            [str(native), str(other), "--data", str(data), "--steps", "1", "--resume"], capture_output=True, text=True
+        )
+        assert done.returncode == 2, (case, done.stderr)
+        assert len(done.stderr.splitlines()) == 1 and ("is corrupt" in done.stderr or "not a memwall" in done.stderr)

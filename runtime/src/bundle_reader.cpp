@@ -148,6 +148,8 @@ void verify_file(const std::string& directory, const std::string& role, const st
 
 const char* dtype_name(mw_dtype dtype) { return dtype == MW_INT64 ? "int64" : "float32"; }
 
+Bundle read_fields(Bundle b, const json& m, const std::string& manifest_path);
+
 Bundle read_bundle(const std::string& directory) {
   Bundle b;
   b.directory = directory;
@@ -174,6 +176,15 @@ Bundle read_bundle(const std::string& directory) {
     fail(MW_ERR_BUNDLE, manifest_path + " is not valid JSON (" + exc.what() + "); the bundle is corrupt, re-export it");
   }
   if (!m.is_object()) fail(MW_ERR_BUNDLE, manifest_path + ": expected a JSON object, found " + std::string(m.type_name()));
+  try {
+    return read_fields(std::move(b), m, manifest_path);
+  } catch (const json::exception& exc) {
+    // A value of an unexpected type where the checks above do not look.
+    fail(MW_ERR_BUNDLE, manifest_path + ": invalid manifest: " + exc.what() + ". Re-export the bundle; do not edit manifest.json by hand.");
+  }
+}
+
+Bundle read_fields(Bundle b, const json& m, const std::string& manifest_path) {
   if (!m.contains("schema_version") || !m["schema_version"].is_number_integer() ||
       m["schema_version"].get<int64_t>() != kSupportedSchemaVersion) {
     std::string found = m.contains("schema_version") ? m["schema_version"].dump() : "None";
