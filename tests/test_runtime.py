@@ -234,6 +234,20 @@ def test_checkpoints_move_between_native_and_python(
     assert_same_state(load_file(python_first / "checkpoint.safetensors"), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["micro", "fused"])
+def test_the_c_api_from_plain_c(kind: str, native: Path, bundles: dict[str, Bundle], tmp_path: Path) -> None:
+    """memwall.h compiled as C99 (what Swift and JNI import): a step, predict, checkpoint round trip, report."""
+    bundle_dir = copy_bundle(bundles[kind], tmp_path)
+    done = subprocess.run(
+        [str(BUILD / "memwall-c-smoke"), str(bundle_dir), str(tmp_path / "c.safetensors")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok 1 ")
+    assert load_checkpoint(tmp_path / "c.safetensors", bundles[kind]).data_position == 7
+
+
 def refusal(binary: Path, bundle_dir: Path, data: Path) -> str:
     done = subprocess.run(
         [str(binary), str(bundle_dir), "--data", str(data), "--steps", "1"], capture_output=True, text=True, timeout=60
