@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
@@ -22,11 +23,25 @@ import jsonschema
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
+# A manifest is a few KiB (MobileNetV2 x1.0 full fine-tune: 33 KiB); reading more would only let a hostile one
+# exhaust memory before the schema refuses it.
+MAX_MANIFEST_BYTES = 4 * 2**20
 SCHEMA_PATH = Path(__file__).parent / "schemas" / f"manifest.v{SCHEMA_VERSION}.schema.json"
 
 
 class BundleError(Exception):
     """A bundle cannot be used: the message names the problem and how to fix it."""
+
+
+class UntrustedCodeError(BundleError):
+    """A bundle names code to import and the user has not said they trust the bundle (docs/security.md)."""
+
+    def __init__(self, bundle_dir: Path, what: str, code: str) -> None:
+        super().__init__(
+            f"bundle {bundle_dir} names {what} {code!r} to import: memwall runs a bundle's code only if you trust "
+            "where the bundle came from (a manifest's sha256 proves the files are intact, not who made them); "
+            "pass --trust-bundle-code (Python: trust_code=True) if you do"
+        )
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,8 @@ class Manifest:
     techniques: list[dict[str, Any]] = field(default_factory=list)
     backend_options: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # Added within schema v1 (optional: manifests written before it read as None): exporters/verify.py.
+    verification: dict[str, Any] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -200,34 +217,165 @@ class Bundle:
     manifest_sha256: str
 
     def path(self, role: str) -> Path:
-        return self.directory / self.manifest.files[role].path
+        entry = self.manifest.files.get(role)
+        if entry is None:
+            raise BundleError(f"bundle {self.directory} lists no {role!r} file; re-export the bundle")
+        return self.directory / entry.path
 
 
 def load_bundle(directory: str | os.PathLike[str], verify_files: bool = True) -> Bundle:
-    """Read and verify a bundle; raise ``BundleError`` with a clear message on any problem."""
+    """Read and verify a bundle; raise ``BundleError`` with a clear message on any problem.
+
+    A bundle is untrusted input (docs/security.md): the manifest is read with a size limit and strict JSON,
+    checked against the schema and for consistency, and every file the runtimes will open must be a regular
+    file inside the directory (no symlink, no ``..``) whose size and sha256 match; ONNX models must carry all
+    their tensors inside themselves (external data could name any file on disk).
+    """
     bundle_dir = Path(directory)
     manifest_path = bundle_dir / MANIFEST_NAME
     if not bundle_dir.is_dir():
         raise BundleError(f"{bundle_dir} is not a directory; pass the bundle directory made by 'memwall export'")
-    if not manifest_path.is_file():
-        raise BundleError(f"{bundle_dir} has no {MANIFEST_NAME}: not a memwall bundle (run 'memwall export')")
-    raw = manifest_path.read_bytes()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{manifest_path} is not valid JSON ({exc}); the bundle is corrupt, re-export it") from exc
+    if manifest_path.is_symlink() or not manifest_path.is_file():
+        raise BundleError(f"{bundle_dir} has no {MANIFEST_NAME} file: not a memwall bundle (run 'memwall export')")
+    with manifest_path.open("rb") as fh:
+        raw = fh.read(MAX_MANIFEST_BYTES + 1)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise BundleError(
+            f"{manifest_path} is larger than {MAX_MANIFEST_BYTES // 2**20} MiB, far more than any export writes: "
+            "not a memwall manifest; re-export the bundle"
+        )
+    data = parse_strict_json(raw, str(manifest_path))
     validate_manifest_json(data, str(manifest_path))
-    manifest = Manifest.from_json(data)
+    try:
+        manifest = Manifest.from_json(data)
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{manifest_path}: {exc}; re-export the bundle") from exc
+    check_manifest_consistency(manifest, str(manifest_path))
     if verify_files:
         for role, entry in manifest.files.items():
             verify_file(bundle_dir, role, entry)
+        if manifest.backend == "onnxruntime":
+            for role, entry in manifest.files.items():
+                if entry.path.endswith(".onnx"):
+                    check_onnx_self_contained(bundle_dir / entry.path, role)
     return Bundle(bundle_dir, manifest, hashlib.sha256(raw).hexdigest())
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        result[key] = value
+    return result
+
+
+def parse_strict_json(raw: bytes, where: str) -> Any:
+    """JSON as every reader of the contract parses it alike: UTF-8, no ``NaN``/``Infinity`` (not JSON; Kotlin's
+    and Swift's parsers refuse them), no duplicate keys (readers would disagree on which one wins)."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # JSONDecodeError is a ValueError; a deeply nested document exhausts the parser's recursion.
+        detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise BundleError(f"{where} is not valid JSON ({detail}); the bundle is corrupt, re-export it") from exc
+
+
+# The backend's runner opens these roles; a bundle without one cannot train.
+REQUIRED_ROLES = {
+    "executorch": ("program",),
+    "onnxruntime": ("training_model", "eval_model", "checkpoint"),
+}
+
+
+def check_manifest_consistency(manifest: Manifest, where: str) -> None:
+    """What the schema cannot say: the figures a runner sizes tensors and loops from agree with each other."""
+    from exporters.config import OptimizerConfig
+
+    problems = []
+    missing = [role for role in REQUIRED_ROLES[manifest.backend] if role not in manifest.files]
+    if missing:
+        problems.append(f"files lacks the {', '.join(missing)} role(s) a {manifest.backend} bundle needs")
+    if not manifest.inputs[0].shape:
+        problems.append("inputs[0] has no batch dimension")
+    elif manifest.labels.shape[:1] != manifest.inputs[0].shape[:1]:
+        problems.append(f"labels {manifest.labels.shape} and inputs {manifest.inputs[0].shape} differ in batch size")
+    if manifest.training["batch_size"] != manifest.batch_size * manifest.training["micro_batches"]:
+        problems.append("training.batch_size is not the input batch times micro_batches")
+    if len(manifest.labels.shape) == 1 and not manifest.labels.dtype.startswith("int"):
+        problems.append(f"labels {manifest.labels.shape} are class indices but have dtype {manifest.labels.dtype}")
+    if not manifest.classes:
+        problems.append("classes is empty")
+    for param in manifest.trainable:
+        if math.prod(param.shape) != param.numel:
+            problems.append(f"trainable {param.name!r} has shape {param.shape} but numel {param.numel}")
+            break
+    if len({p.name for p in manifest.trainable}) != len(manifest.trainable):
+        problems.append("trainable names a parameter twice")
+    try:
+        OptimizerConfig.from_json(manifest.optimizer)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"optimizer: {exc}")
+    if problems:
+        raise BundleError(f"{where}: {problems[0]} ({len(problems)} problem(s)); re-export the bundle")
+
+
+def check_onnx_self_contained(path: Path, role: str) -> None:
+    """Refuse an ONNX model with a tensor stored outside it: ONNX Runtime resolves external data paths itself
+    (relative ones against the model's directory, but ``../``-style and absolute locations were honored too),
+    so a received model could read any file the user can read into its weights."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends: the model is unreadable, whatever the cause
+        raise BundleError(f"bundle file {path.name!r} ({role}) is no readable ONNX model ({exc}); re-export") from exc
+    for tensor in _onnx_tensors(model.graph, [f.node for f in model.functions]):
+        if uses_external_data(tensor):
+            raise BundleError(
+                f"bundle file {path.name!r} ({role}) keeps tensor {tensor.name!r} in external data, outside the "
+                "bundle's hashed files: refused (it could read any file); re-export the bundle"
+            )
+
+
+def _onnx_tensors(graph: Any, function_nodes: list[Any]) -> Iterator[Any]:
+    """Every TensorProto a model holds: initializers, sparse initializers and node attributes, in subgraphs too."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for nodes in [graph.node, *function_nodes]:
+        for node in nodes:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("sparse_tensor"):
+                    yield attr.sparse_tensor.values
+                    yield attr.sparse_tensor.indices
+                for sub in [attr.g] if attr.HasField("g") else []:
+                    yield from _onnx_tensors(sub, [])
+                for sub in attr.graphs:
+                    yield from _onnx_tensors(sub, [])
 
 
 def verify_file(bundle_dir: Path, role: str, entry: FileEntry) -> None:
     path = bundle_dir / entry.path
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise BundleError(f"bundle file {entry.path!r} ({role}) is missing from {bundle_dir}; re-export the bundle")
+    # Refused rather than followed: a symlink (of the file or of a directory on its path) could point anywhere.
+    if os.path.realpath(path) != os.path.join(os.path.realpath(bundle_dir), os.path.normpath(entry.path)):
+        raise BundleError(
+            f"bundle file {entry.path!r} ({role}) is a symbolic link or lies outside {bundle_dir}: a bundle's "
+            "files must be regular files inside it; copy the bundle without links (cp -rL) or re-export it"
+        )
+    if not path.is_file():
+        raise BundleError(f"bundle file {entry.path!r} ({role}) in {bundle_dir} is not a regular file; re-export it")
     size = path.stat().st_size
     if size != entry.bytes:
         raise BundleError(

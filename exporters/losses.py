@@ -3,6 +3,11 @@
 A custom loss is an import path ``pkg.module:fn`` to ``fn(logits, labels) -> scalar tensor`` that uses only
 ops both runtimes can differentiate; its labels are float32 shaped like the logits unless it says otherwise
 through a ``label_dtype`` attribute on the function.
+
+Only the exporter imports a loss (the user names it on the command line). A bundle's runner never does: the
+loss is compiled into the program, and the labels it wants are read from the manifest's ``labels`` spec
+(``sdk_tools.runner.session.label_encoding``): a manifest naming ``subprocess:run`` as its loss runs nothing
+(docs/security.md).
 """
 
 from __future__ import annotations
@@ -44,6 +49,14 @@ def resolve_loss(name: str) -> LossSpec:
     return LossSpec(name, fn, getattr(fn, "label_dtype", torch.float32), True)
 
 
+@dataclass(frozen=True)
+class LabelEncoding:
+    """How a trained program takes its labels, as the manifest's ``labels`` spec states it."""
+
+    label_dtype: torch.dtype
+    labels_like_logits: bool  # (B, classes) floats rather than (B,) class indices
+
+
 def example_labels(loss: LossSpec, logits: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Labels of the right shape and dtype for ``loss`` given a batch of logits."""
     if loss.labels_like_logits:
@@ -51,7 +64,7 @@ def example_labels(loss: LossSpec, logits: torch.Tensor, num_classes: int) -> to
     return torch.arange(logits.shape[0], dtype=loss.label_dtype) % num_classes
 
 
-def encode_labels(loss: LossSpec, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def encode_labels(loss: LossSpec | LabelEncoding, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Class indices -> what ``loss`` takes (one-hot floats for MSE/BCE)."""
     if loss.labels_like_logits and labels.dtype == torch.int64 and labels.dim() == 1:
         return F.one_hot(labels, num_classes).to(loss.label_dtype)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,6 +103,7 @@ def _export_model(args: argparse.Namespace, out: str | Path) -> Bundle:
         name=getattr(args, "name", None),
         model_spec=ModelSpec(args.model, args.model_kwargs),
         overwrite=getattr(args, "force", False),
+        verify=getattr(args, "verify", True),
     )
 
 
@@ -120,6 +122,7 @@ def _planner(args: argparse.Namespace) -> Any:
         loss=args.loss,
         speed=_speed(args),
         lossless=args.lossless,
+        workers=2 if (os.cpu_count() or 1) > 1 else 1,  # two lanes: the full batch and micro-batches
     )
 
 
@@ -130,14 +133,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         import shutil
 
         from exporters.bundle import load_bundle
+        from exporters.export import check_destination, staged
 
-        report = _planner(args).search(args.budget, margin=args.margin, top=1)
         out = Path(args.out)
-        if out.exists() and any(out.iterdir()):
-            if not args.force:
-                raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
-            shutil.rmtree(out)
-        shutil.copytree(report.fitting[0].bundle.directory, out, dirs_exist_ok=True)
+        check_destination(out, args.force)
+        report = _planner(args).search(args.budget, margin=args.margin, top=1)
+        with staged(out) as stage:  # the old bundle stays until the new one is complete
+            shutil.copytree(report.fitting[0].bundle.directory, stage, dirs_exist_ok=True)
         bundle = load_bundle(out)
         print(f"plan for {args.budget / 2**20:.1f} MiB: {report.fitting[0].plan.describe()}", file=sys.stderr)
     if args.json:
@@ -288,7 +290,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
         from sdk_tools.runner.train import rebuild_trained_model
 
         base = torch.load(args.base, map_location="cpu", weights_only=True)
-        state = rebuild_trained_model(bundle, base, Path(args.checkpoint) if args.checkpoint else None).state_dict()
+        checkpoint = Path(args.checkpoint) if args.checkpoint else None
+        state = rebuild_trained_model(bundle, base, checkpoint, args.trust_bundle_code).state_dict()
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, args.out)
         summary.update(out=args.out, trained_tensors=len(bundle.manifest.trainable), total_tensors=len(state))
@@ -453,7 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lossless", action="store_true", help="with --budget: never store frozen weights as int8")
     p.add_argument("--name", help="bundle name (default: model-backend)")
     p.add_argument("--out", required=True, help="bundle directory to write")
-    p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing bundle (only a bundle, once the new one is complete)"
+    )
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip running one training step in the runtime against eager PyTorch (README: Verified export)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
 
@@ -498,6 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle")
     p.add_argument("--out", help="state dict file to write (.pt)")
     p.add_argument("--base", help="full state dict to overlay the trained tensors on")
+    p.add_argument(
+        "--trust-bundle-code",
+        action="store_true",
+        help="with --base: let the manifest's model spec (pkg.module:factory) be imported; only for bundles whose "
+        "origin you trust (docs/security.md)",
+    )
     p.add_argument("--onnx", help="ONNX Runtime bundles: write an inference model with the trained weights")
     p.add_argument("--checkpoint")
     p.add_argument("--json", action="store_true")

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from exporters.bundle import Bundle, load_bundle
 from sdk_tools.memory_cap import create_cgroup_cap
+from sdk_tools.runner.isolation import child_env, crash_message, describe_exit, neutral_path, python_command
 from sdk_tools.runner.train import TrainConfig
 
 
@@ -78,20 +78,28 @@ def measure_training(
     with tempfile.TemporaryDirectory(prefix="memwall-measure-") as tmp:
         request = Path(tmp, "request.json")
         result = Path(tmp, "result.json")
-        cfg = {**asdict(config), "checkpoint": str(config.checkpoint) if config.checkpoint else None}
+        # The child runs in ``tmp`` (isolation.py): every path it gets must not depend on this process's cwd.
+        cfg = {
+            **asdict(config),
+            "checkpoint": neutral_path(config.checkpoint) if config.checkpoint else None,
+            "data": neutral_path(config.data) if config.data.endswith(".npz") else config.data,
+        }
         cap = (
             {"bytes": cap_bytes, "cgroup": str(cgroup.path) if cgroup else None, "by": enforced_by}
             if cap_bytes
             else None
         )
-        request.write_text(json.dumps({"bundle": str(bundle.directory), "config": cfg, "cap": cap, "threads": threads}))
+        request.write_text(
+            json.dumps({"bundle": neutral_path(bundle.directory), "config": cfg, "cap": cap, "threads": threads})
+        )
         env = dict(os.environ)
         if threads:
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", "sdk_tools.runner.worker", str(request), str(result)],
-                env=env,
+                python_command("sdk_tools.runner.worker", str(request), str(result)),
+                cwd=tmp,
+                env=child_env(env),
                 stderr=subprocess.PIPE if not config.progress else None,
                 text=True,
             )
@@ -100,10 +108,16 @@ def measure_training(
                 cgroup.remove()
         if cap_bytes and proc.returncode == -signal.SIGKILL:
             raise OutOfMemoryError(cap_bytes, str(enforced_by), bundle.manifest.memory.predicted_peak_bytes)
-        if proc.returncode != 0 or not result.exists():
-            tail = (proc.stderr or "")[-2000:]
-            raise MeasurementError(f"training child exited with status {proc.returncode}: {tail}")
-        output = json.loads(result.read_text())
+        output = json.loads(result.read_text()) if result.exists() else {}
+        if "error" in output:
+            raise MeasurementError(output["error"])
+        if proc.returncode < 0:
+            raise MeasurementError(crash_message(proc.returncode, f"training {bundle.directory}"))
+        if proc.returncode != 0 or not output:
+            lines = (proc.stderr or "").strip().splitlines()
+            raise MeasurementError(
+                f"the training child ended with {describe_exit(proc.returncode)}" + (f": {lines[-1]}" if lines else "")
+            )
     memory = output["memory"]
     return Measurement(
         bundle=str(bundle.directory),

@@ -19,6 +19,8 @@ def default_db_url(data_dir: Path = DEFAULT_DATA_DIR) -> str:
 class LabConfig:
     db_url: str
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # Set when the server binds to a loopback address: requests naming another Host are refused.
+    loopback_only: bool = False
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:

@@ -27,9 +27,10 @@ from executorch.extension.pybindings.portable_lib import (
     _unsafe_reset_threadpool,
 )
 
-from exporters.bundle import Bundle
+from exporters.bundle import Bundle, BundleError
 from exporters.config import OptimizerConfig
 from exporters.techniques.fused_update import LR_INPUT, STATE_PREFIX
+from sdk_tools.runner.isolation import run_forked
 from sdk_tools.runner.optim import Optimizer
 from sdk_tools.runner.session import TORCH_DTYPES, TrainingSession
 
@@ -87,29 +88,51 @@ def configure_runtime(bundle: Bundle, threads: int | None = None) -> int:
 
 
 class ExecuTorchSession(TrainingSession):
-    def __new__(cls, bundle: Bundle, threads: int | None = None) -> ExecuTorchSession:
+    def __new__(cls, bundle: Bundle, threads: int | None = None, preflight: bool = True) -> ExecuTorchSession:
         # One entry point for both kinds of ExecuTorch bundle (open_session, the worker, the apps' host runs).
         if cls is ExecuTorchSession and optimizer_runs_in_program(bundle):
             cls = FusedExecuTorchSession
         return super().__new__(cls)
 
-    def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
+    def __init__(self, bundle: Bundle, threads: int | None = None, preflight: bool = True) -> None:
+        """``preflight``: first load the program and run one training call and one prediction in a forked child
+        (``isolation.run_forked``), so a malformed program that crashes the runtime ends in a ``BundleError``,
+        not in a dead process. The measuring worker skips it: its parent reports a crash the same way."""
         global _PROGRAM_LOADED
         super().__init__(bundle)
         self.threads = configure_runtime(bundle, threads)
         methods = self.manifest.methods
         self._train_name = methods["train"]["name"]
         self._predict_name = methods["predict"]["name"]
+        program = bundle.path("program")
+        if preflight:
+            run_forked(lambda: self._preflight(bundle, self.threads), f"{program}")
         # Module, not _load_program + load_method: methods loaded one by one from a program share planned
         # memory in 1.5.1, so running predict overwrote the training method's weights (measured).
-        self._module = _load_for_executorch(str(bundle.path("program")))
-        _PROGRAM_LOADED = True
-        self._names = self._trained_names()
+        try:
+            self._module = _load_for_executorch(str(program))
+            _PROGRAM_LOADED = True
+            self._names = self._trained_names()
+        except (RuntimeError, UnicodeDecodeError) as exc:  # what the pybindings raise for a malformed program
+            raise BundleError(f"ExecuTorch cannot load {program} ({exc}); re-export the bundle") from exc
         expected = [p.name for p in self.manifest.trainable]
         if self._names != expected:
-            raise RuntimeError(f"program trains {self._names[:3]}..., the manifest lists {expected[:3]}...")
+            raise BundleError(
+                f"program trains {self._names[:3]}..., the manifest lists {expected[:3]}...: they are from "
+                "different exports; re-export the bundle"
+            )
         self._params: dict[str, torch.Tensor] | None = None
         self.optimizer: Optimizer | None = None
+
+    @staticmethod
+    def _preflight(bundle: Bundle, threads: int) -> None:
+        """In the forked child: load, step, predict. The parent's thread pools have no threads here: torch's
+        work stays on this thread; ExecuTorch re-makes its pool after a fork (extension/threadpool)."""
+        torch.set_num_threads(1)
+        session = ExecuTorchSession(bundle, threads=threads, preflight=False)
+        inputs = torch.zeros(session.manifest.inputs[0].shape)
+        session.train_step([(inputs, session._zero_labels())])
+        session.predict(inputs)
 
     def _trained_names(self) -> list[str]:
         """The trained parameters in output order; records where gradients and parameters start."""
@@ -215,14 +238,14 @@ class FusedExecuTorchSession(ExecuTorchSession):
     buffers before the first step.
     """
 
-    def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
+    def __init__(self, bundle: Bundle, threads: int | None = None, preflight: bool = True) -> None:
         train = bundle.manifest.methods["train"]
         self._inputs: list[str] = train["inputs"]
         self._buffer_names: list[str] = train["outputs"][2:]
         self._buffers: dict[str, torch.Tensor] | None = None
         self._lr = OptimizerConfig.from_json(bundle.manifest.optimizer).lr
         self.steps = 0
-        super().__init__(bundle, threads)
+        super().__init__(bundle, threads, preflight)
 
     def _trained_names(self) -> list[str]:
         return [name for name in self._buffer_names if not name.startswith(STATE_PREFIX)]

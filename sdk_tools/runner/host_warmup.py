@@ -20,10 +20,11 @@ import torch
 
 from exporters.bundle import Bundle
 from exporters.config import OptimizerConfig
-from exporters.losses import encode_labels, resolve_loss
+from exporters.losses import encode_labels
 from sdk_tools.data.loading import Batches, eval_batches
 from sdk_tools.runner.checkpoint import Checkpoint, save_checkpoint
 from sdk_tools.runner.optim import Optimizer
+from sdk_tools.runner.session import label_encoding
 from sdk_tools.runner.train import TrainConfig, dataset_for, eval_dataset
 
 WARMUP_STEPS = 2  # the second step takes the paths the first skips (momentum buffers, bias correction)
@@ -33,7 +34,7 @@ def warm_host_code(bundle: Bundle, config: TrainConfig) -> None:
     """One pass of ``train``'s host-side work on ``bundle``'s shapes, with zeros for what the runtime returns."""
     manifest = bundle.manifest
     micro = manifest.training["micro_batches"]
-    loss = resolve_loss(manifest.loss)
+    loss = label_encoding(manifest)
     batches = Batches(dataset_for(bundle, config.data, config.split), manifest.batch_size, seed=config.seed)
     labels = [encode_labels(loss, batches.batch(i)[1], len(manifest.classes)) for i in range(micro)]
     logits = torch.zeros(manifest.outputs[1].shape)

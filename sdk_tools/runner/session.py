@@ -10,7 +10,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from exporters.bundle import Bundle, TensorSpec
+from exporters.bundle import Bundle, Manifest, TensorSpec
+from exporters.losses import LabelEncoding
 
 TORCH_DTYPES = {
     "float32": torch.float32,
@@ -18,6 +19,12 @@ TORCH_DTYPES = {
     "float16": torch.float16,
     "int32": torch.int32,
 }
+
+
+def label_encoding(manifest: Manifest) -> LabelEncoding:
+    """The labels a bundle's program takes, from its ``labels`` spec alone: the manifest's ``loss`` is compiled
+    into the program and never imported (a received manifest could name any callable; docs/security.md)."""
+    return LabelEncoding(TORCH_DTYPES[manifest.labels.dtype], len(manifest.labels.shape) > 1)
 
 
 class InputError(ValueError):

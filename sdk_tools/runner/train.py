@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from exporters.bundle import Bundle
-from exporters.losses import encode_labels, resolve_loss
+from exporters.bundle import Bundle, BundleError, UntrustedCodeError
+from exporters.losses import encode_labels
 from sdk_tools.data.digits import DigitsSplit
 from sdk_tools.data.loading import Batches, eval_batches, load_dataset
 from sdk_tools.runner.checkpoint import Checkpoint, default_checkpoint_path, load_checkpoint, save_checkpoint
-from sdk_tools.runner.session import TrainingSession
+from sdk_tools.runner.session import TrainingSession, label_encoding
 
 
 @dataclass(frozen=True)
@@ -59,15 +59,17 @@ class TrainResult:
         return {**asdict(self), "steps_per_second": self.steps_per_second}
 
 
-def open_session(bundle: Bundle, threads: int | None = None) -> TrainingSession:
+def open_session(bundle: Bundle, threads: int | None = None, preflight: bool = True) -> TrainingSession:
     """Load ``bundle`` into the runtime its manifest names. ``threads``: ExecuTorch's thread pool size (default:
     the manifest's ``backend_options.runtime.threads``), settable only before the process loads its first program.
+    ``preflight``: ExecuTorch programs run once in a forked child first, where a crash becomes a ``BundleError``
+    (sdk_tools/runner/isolation.py).
     """
     backend = bundle.manifest.backend
     if backend == "executorch":
         from sdk_tools.runner.executorch_session import ExecuTorchSession
 
-        return ExecuTorchSession(bundle, threads)
+        return ExecuTorchSession(bundle, threads, preflight)
     if backend == "onnxruntime":
         from sdk_tools.runner.onnxruntime_session import OnnxRuntimeSession
 
@@ -112,7 +114,7 @@ def train(
     phase = on_phase or (lambda _name: None)
     session = session or open_session(bundle)
     manifest = bundle.manifest
-    loss = resolve_loss(manifest.loss)
+    loss = label_encoding(manifest)
     num_classes = len(manifest.classes)
     micro = manifest.training["micro_batches"]
     micro_size = manifest.batch_size
@@ -178,19 +180,29 @@ def load_trained_weights(model: torch.nn.Module, bundle: Bundle, checkpoint: Pat
 
 
 def rebuild_trained_model(
-    bundle: Bundle, base: dict[str, torch.Tensor], checkpoint: Path | None = None
+    bundle: Bundle, base: dict[str, torch.Tensor], checkpoint: Path | None = None, trust_code: bool = False
 ) -> torch.nn.Module:
     """The bundle's model in its original architecture with the trained weights: rebuilt from the manifest's
     model spec, ``base`` (the weights it was exported from) loaded, the recorded model transforms (LoRA, int8)
     applied, the checkpoint loaded, then folded back (adapters merged, int8 weights as the floats trained
-    against)."""
+    against).
+
+    A registered model (``mlp``, ``mobilenet_v2``...) is memwall's own code; a ``pkg.module:factory`` spec is
+    imported only with ``trust_code`` (else ``UntrustedCodeError``): the manifest is as untrusted as its sender.
+    """
     from exporters.plan import TrainingPlan, apply_model_techniques, fold_model_techniques
-    from sdk_tools.models import build_model
+    from sdk_tools.models import REFERENCE_MODELS, build_model
 
     spec = bundle.manifest.model.get("spec")
     if not spec:
         raise ValueError("the manifest names no model spec; export with --model (or ModelSpec) to pull a merged model")
-    model = build_model(spec, **bundle.manifest.model.get("kwargs", {}))
+    if spec not in REFERENCE_MODELS and not trust_code:
+        raise UntrustedCodeError(bundle.directory, "the model factory", spec)
+    kwargs = bundle.manifest.model.get("kwargs", {})
+    try:
+        model = build_model(spec, **kwargs)
+    except TypeError as exc:
+        raise BundleError(f"the manifest's model {spec!r} does not take kwargs {kwargs}: {exc}; re-export") from exc
     model.load_state_dict(base)
     transformed = apply_model_techniques(model, TrainingPlan.model_transforms(bundle.manifest.techniques))
     load_trained_weights(transformed, bundle, checkpoint)

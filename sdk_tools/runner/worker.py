@@ -1,6 +1,7 @@
 """Child-process entry point that trains a bundle and measures its memory.
 
-Run as ``python -m sdk_tools.runner.worker REQUEST.json RESULT.json``. It imports the runtime, loads the data
+Run as ``python -P -m sdk_tools.runner.worker REQUEST.json RESULT.json`` in a neutral directory
+(``isolation.python_command``). It imports the runtime, loads the data
 and runs the host runner's own tensor work once (``host_warmup``) first, records that as the idle baseline and
 resets the peak (``/proc/self/clear_refs``), then opens the bundle and trains: the peak it reports is what
 training itself costs, not the parent's imports or the host runner's code.
@@ -13,10 +14,12 @@ import os
 import sys
 from pathlib import Path
 
-from exporters.bundle import Bundle, load_bundle
+from exporters.bundle import Bundle, BundleError, load_bundle
 from sdk_tools.memory import proc_status_bytes, release_free_memory, reset_peak
 from sdk_tools.memory_cap import CgroupCap, start_rss_watchdog
+from sdk_tools.runner.checkpoint import CheckpointError
 from sdk_tools.runner.host_warmup import warm_host_code
+from sdk_tools.runner.session import InputError
 from sdk_tools.runner.train import TrainConfig, dataset_for, open_session, train
 
 
@@ -55,9 +58,20 @@ class PhasePeaks:
 
 
 def main(request_path: str, result_path: str) -> int:
+    """Train and write the measurement; a refused bundle, checkpoint or data file is written as ``{"error"}``
+    (one line for the parent to show) with exit status 2, not a traceback."""
+    try:
+        return measure(request_path, result_path)
+    except (BundleError, CheckpointError, InputError, ValueError, OSError, KeyError) as exc:
+        Path(result_path).write_text(json.dumps({"error": str(exc)}))
+        return 2
+
+
+def measure(request_path: str, result_path: str) -> int:
     request = json.loads(Path(request_path).read_text())
     bundle = load_bundle(request["bundle"])
-    config = TrainConfig(**{**request["config"], "checkpoint": request["config"].get("checkpoint")})
+    checkpoint = request["config"].get("checkpoint")
+    config = TrainConfig(**{**request["config"], "checkpoint": Path(checkpoint) if checkpoint else None})
     # Load the data before the baseline: it belongs to the app, not to training.
     for split in filter(None, (config.split, config.eval_split)):
         dataset_for(bundle, config.data, split)
@@ -72,7 +86,8 @@ def main(request_path: str, result_path: str) -> int:
         start_rss_watchdog(cap["bytes"], baseline)
     phases = PhasePeaks(baseline)
     phases.start("load")
-    session = open_session(bundle, request.get("threads"))
+    # No preflight: this whole process is the isolation (the parent reports a crash as a clear error).
+    session = open_session(bundle, request.get("threads"), preflight=False)
     loaded = proc_status_bytes("VmRSS")
     result = train(bundle, config, session, on_phase=phases.start)
     phases.start(None)
