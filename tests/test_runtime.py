@@ -272,6 +272,12 @@ def _truncate_program(d: Path) -> None:
     path.write_bytes(path.read_bytes()[:-10])
 
 
+def _link_program(d: Path) -> None:
+    outside = d.parent / "elsewhere.pte"
+    (d / "model.pte").rename(outside)
+    (d / "model.pte").symlink_to(outside)
+
+
 def _edit_manifest(change) -> object:
     def edit(d: Path) -> None:
         manifest = json.loads((d / "manifest.json").read_text())
@@ -293,16 +299,23 @@ HOSTILE = {
         "invalid manifest at files/program/path",
     ),
     "missing field": (_edit_manifest(lambda m: m.pop("methods")), "'methods' is a required property"),
+    "duplicate key": (
+        lambda d: (d / "manifest.json").write_text('{"name": "a", ' + (d / "manifest.json").read_text()[1:]),
+        "appears twice in one object",
+    ),
+    "symbolic link": (_link_program, "is a symbolic link or lies outside"),
+    "inconsistent batch": (
+        _edit_manifest(lambda m: m["training"].update(batch_size=999)),
+        "training.batch_size is not the input batch times micro_batches",
+    ),
 }
 
 
-def test_onnxruntime_bundles_are_refused_with_the_reason(
-    native: Path, bundles: dict[str, Bundle], data: Path, tmp_path: Path
-) -> None:
-    bundle_dir = copy_bundle(bundles["sgd"], tmp_path)
-    _edit_manifest(lambda m: m.update(backend="onnxruntime"))(bundle_dir)
-    load_bundle(bundle_dir)  # a valid bundle for the Python runner's ONNX Runtime session
-    assert "this native runtime runs ExecuTorch bundles only" in refusal(native, bundle_dir, data)
+def test_onnxruntime_bundles_are_refused_with_the_reason(native: Path, data: Path, tmp_path: Path) -> None:
+    bundle = export_bundle(
+        torch.nn.Linear(4, 2), tmp_path / "ort", sample_shape=(4,), batch_size=2, backend="onnxruntime"
+    )
+    assert "this native runtime runs ExecuTorch bundles only" in refusal(native, bundle.directory, data)
 
 
 def test_a_kill_during_checkpointing_keeps_a_valid_checkpoint(
