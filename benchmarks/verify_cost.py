@@ -97,7 +97,8 @@ def main() -> int:
         "",
         f"{datetime.date.today()}, {platform.machine()}, a shared 2-core VM (other jobs running: times are "
         "inflated and noisy). Test-size models (tests/conftest.py), batch 4. Verification = eager step + loading the "
-        "program + its calls (fused update: a dry-run call, then the step). The first verification in a process "
+        "program (ExecuTorch: after the host runner's forked preflight) + its calls (fused update: a dry-run call, "
+        "then the step). The first verification in a process "
         "also imports the "
         f"runtime's bindings: {imports:.1f} s (ExecuTorch, measured in a fresh interpreter with torch loaded). "
         f"Verifying in a child process instead would add a fresh interpreter with torch and the bindings to every "
