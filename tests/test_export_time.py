@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BATCH, ExportedCase, make_model
 from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
 from executorch.exir.memory_planning import MemoryPlanningAlgorithmSuite, greedy
 from executorch.exir.passes import MemoryPlanningPass
@@ -32,6 +31,7 @@ from exporters.plan import TrainingPlan, export_plan
 from exporters.techniques import FreezeConfig, FusedUpdateConfig, Int8WeightsConfig, RecomputeConfig
 from exporters.training_graph import PredictStep, strip_prefix
 from sdk_tools.planner import NoPlanFitsError, Planner, variants
+from tests.conftest import BATCH, ExportedCase, make_model
 
 
 def stock_program(case: ExportedCase) -> bytes:
