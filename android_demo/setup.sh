@@ -54,7 +54,10 @@ APT::Architecture "amd64";
 CONF
   : >"$apt/status"
   mkdir -p "$apt/cache"
-  APT_CONFIG=$apt/apt.conf apt-get update -qq
+  APT_CONFIG=$apt/apt.conf apt-get update -qq || {
+    log "cannot read bullseye from $mirror (oldoldstable may have moved to the Debian archive): point a line of /etc/apt/sources.list* at a mirror that still carries it"
+    exit 1
+  }
   (cd "$apt/debs" && APT_CONFIG=$apt/apt.conf apt-get download -qq android-sdk-platform-23 libandroid-23-java dalvik-exchange)
   rm -rf "$TOOLS/bullseye"
   mkdir -p "$TOOLS/bullseye"

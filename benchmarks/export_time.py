@@ -251,13 +251,17 @@ QUICK_CASES = (
 PLAN_MODEL = ["--model", "mobilenet_v2", "--model-kwargs", '{"width_mult": 0.5}', "--input-shape", "3,32,32"]
 
 
-def time_plan(budget: str, work: Path) -> dict[str, Any]:
-    """``memwall plan`` in a child process (imports included), fresh candidate cache."""
+def time_plan(budget: str, work: Path, timeout: float) -> dict[str, Any]:
+    """``memwall plan`` in a child process (imports included), fresh candidate cache; stopped after ``timeout``."""
     command = [sys.executable, "-m", "sdk_tools.cli", "plan", *PLAN_MODEL, "--batch", "8", "--budget", budget]
     command += ["--work-dir", str(work), "--json"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired as stopped:
+        err = stopped.stderr.decode() if isinstance(stopped.stderr, bytes) else stopped.stderr or ""
+        done = subprocess.CompletedProcess(command, -9, "", err + f"\nstopped after {timeout:.0f} s")
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
@@ -304,9 +308,10 @@ def main() -> None:
     parser.add_argument("--label", default="now", help="column name for this code version (e.g. before, after)")
     parser.add_argument("--quick", action="store_true", help="the test suite's small reference models")
     parser.add_argument("--cases", nargs="*", help="substrings of case names to run (default: all)")
-    parser.add_argument("--budget", default="32MB", help="memwall plan budget that fits")
-    parser.add_argument("--no-plans", action="store_true", help="skip the memwall plan runs")
+    parser.add_argument("--budgets", nargs="*", default=["32MB", "100KB"], help="memwall plan budgets (none: skip)")
+    parser.add_argument("--plan-timeout", type=float, default=900, help="seconds before a plan run is stopped")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--report", action="store_true", help="only rewrite the Markdown from the JSON results")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cases = [
@@ -314,6 +319,9 @@ def main() -> None:
     ]
     store = args.out.with_suffix(".json")
     results: dict[str, dict[str, Any]] = json.loads(store.read_text()) if store.exists() else {}
+    if args.report:
+        write_report(args.out, results)
+        return
     label = f"{args.label} (quick)" if args.quick else args.label
     run = results.setdefault(label, {"cases": {}})
     run.update(
@@ -327,18 +335,24 @@ def main() -> None:
         for i, case in enumerate(cases):
             _log(f"{case.name} ...")
             run["cases"][case.name] = found = case.export(Path(tmp) / f"case{i}")
+            store.write_text(json.dumps(results, indent=1) + "\n")  # each case kept, should a later one be stopped
             _log(f"{case.name}: {found['total']:.1f} s")
-        if not args.no_plans and not args.quick:
-            for budget in (args.budget, "100KB"):
+        if not args.quick:
+            for budget in args.budgets:
                 name = f"memwall plan --budget {budget} (MobileNetV2 x0.5 32x32 b8)"
                 _log(f"{name} ...")
-                run["cases"][name] = found = time_plan(budget, Path(tmp) / f"plan-{budget}")
+                run["cases"][name] = found = time_plan(budget, Path(tmp) / f"plan-{budget}", args.plan_timeout)
                 _log(f"{name}: {found['total']:.1f} s, {found['exports']} exports, {found['outcome']}")
     store.write_text(json.dumps(results, indent=1) + "\n")
+    write_report(args.out, results)
+
+
+def write_report(out: Path, results: dict[str, dict[str, Any]]) -> None:
+    """Print the tables and write them, with each label's run, to ``out``."""
     lines = format_results({k: v for k, v in results.items() if v["cases"]})
     print("\n".join(lines))
     runs = "\n".join(f"- {k}: {v['date']}, load {v['load']:.1f}: `{v['command']}`" for k, v in results.items())
-    args.out.write_text(
+    out.write_text(
         "# Export time by stage\n\n"
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; torch threads 1.\n"
         "Stages are exclusive CPU seconds of the exporting process (see `benchmarks/export_time.py`): the machine "

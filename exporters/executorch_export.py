@@ -40,7 +40,7 @@ from exporters.techniques.pointwise_linear import rewrite_pointwise_convs
 from exporters.techniques.recompute import RecomputeConfig, recompute_activations
 from exporters.techniques.speed_routes import SpeedConfig
 from exporters.training_graph import PredictStep, strip_prefix, trace_train_step, trainable_parameters
-from exporters.verify import check_operators
+from exporters.verify import check_runtime
 
 PROGRAM_FILE = "model.pte"
 TRAIN_METHOD = "forward"
@@ -178,18 +178,19 @@ def _finish_program(
     )
     program = edge.to_executorch(ExecutorchBackendConfig(memory_planning_pass=planner))
     arenas = {plan.name: sum(plan.non_const_buffer_sizes) for plan in program.executorch_program.execution_plan}
-    check_operators(program_operators(program.executorch_program))  # runnable, or refused before any file
+    runtime = runtime_requirements(
+        xnnpack=any(delegates.values()),
+        optimized=any(t["name"] in MATMUL_ROUTES for t in applied),
+        operators=program_operators(program.executorch_program),
+    )
+    check_runtime(runtime)  # runnable in the installed runtime, or refused before any file is written
     atomic_write_bytes(out_dir / PROGRAM_FILE, program.buffer)
     trainable = traced.trainable_names
     train = {"name": TRAIN_METHOD, "inputs": ["input", "label"], "outputs": ["loss", "logits"]}
     options: dict[str, Any] = {
         "memory_planning": MEMORY_PLANNING,
         "optimizer_runs_in": "app",
-        "runtime": runtime_requirements(
-            xnnpack=any(delegates.values()),
-            optimized=any(t["name"] in MATMUL_ROUTES for t in applied),
-            operators=program_operators(program.executorch_program),
-        ),
+        "runtime": runtime,
     }
     if fused is not None:
         train["inputs"] += fused.added_inputs

@@ -32,7 +32,7 @@ from exporters.bundle import (
     write_manifest,
 )
 from exporters.config import OptimizerConfig
-from exporters.losses import LossSpec, encode_labels, resolve_loss
+from exporters.losses import encode_labels, resolve_loss
 from exporters.memory_profile import PROFILE_FILE
 from exporters.techniques.fused_update import FusedUpdateConfig
 from exporters.techniques.recompute import RecomputeConfig
@@ -178,25 +178,61 @@ def export_bundle(
         raise ValueError(f"{len(classes)} class names given, the model outputs {num_classes} logits")
     labels = encode_labels(loss_spec, torch.arange(step_batch) % num_classes, num_classes)
     _log(f"exporting {type(model).__name__} for {backend} (batch {step_batch} x {micro_batches} micro-batches)")
-    with staged(out) as stage:
-        reference = copy.deepcopy(prepared) if verify else prepared  # exporters may not leave the model as it was
-        manifest = _write_bundle(
-            stage,
-            prepared,
+    exporter = backend_exporter(backend)
+    techniques = list(techniques)
+    if recompute is not None:
+        exporter = functools.partial(exporter, recompute=recompute)
+        techniques.append({"name": "recompute", "config": recompute.to_json()})
+    if fused_update is not None:
+        exporter = functools.partial(exporter, fused_update=fused_update)
+        techniques.append({"name": "fused_update", "config": fused_update.to_json()})
+    if speed is not None and speed.enabled:
+        exporter = functools.partial(exporter, speed=speed)
+    spec = model_spec or ModelSpec()
+    reference = copy.deepcopy(prepared) if verify else prepared  # exporters may not leave the model as it was
+    with staged(out) as stage:  # the bundle moves to ``out`` only once complete (and verified)
+        artifacts = exporter(prepared, loss_spec, inputs, labels, optimizer, stage)
+        techniques += artifacts.techniques
+        roles = dict(artifacts.files)
+        if artifacts.memory_profile is not None:
+            profile = json.dumps(artifacts.memory_profile.to_json(), separators=(",", ":")).encode()
+            atomic_write_bytes(stage / PROFILE_FILE, profile)
+            roles["memory_profile"] = PROFILE_FILE
+        files = {role: file_entry(stage, path) for role, path in roles.items()}
+        params = dict(prepared.named_parameters())
+        trainable_specs = []
+        for runtime_name in artifacts.trainable_names:
+            p = params[runtime_name.removeprefix(MODEL_PREFIX)]
+            trainable_specs.append(ParameterSpec(runtime_name, list(p.shape), DTYPE_NAMES[p.dtype], p.numel()))
+        manifest = Manifest(
+            name=name or f"{spec.spec or type(model).__name__}-{backend}",
             backend=backend,
-            loss_spec=loss_spec,
-            optimizer=optimizer,
-            inputs=inputs,
-            labels=labels,
+            created_by=f"memwall {_version()}",
+            files=files,
+            inputs=[TensorSpec("input", [step_batch, *sample_shape], "float32")],
+            labels=TensorSpec("label", list(labels.shape), DTYPE_NAMES[labels.dtype]),
+            outputs=[
+                TensorSpec("loss", [], "float32"),
+                TensorSpec("logits", [step_batch, num_classes], "float32"),
+            ],
             classes=classes,
+            loss=loss_spec.name,
+            trainable=trainable_specs,
+            frozen_parameter_count=sum(p.numel() for p in prepared.parameters() if not p.requires_grad),
+            optimizer=optimizer.to_json(),
+            training={"batch_size": batch_size, "micro_batches": micro_batches},
+            methods=artifacts.methods,
+            memory=estimate_memory(
+                artifacts, prepared, optimizer, sum(files[role].bytes for role in artifacts.files), micro_batches
+            ),
+            model={
+                "spec": spec.spec,
+                "kwargs": spec.kwargs,
+                "parameters": sum(p.numel() for p in prepared.parameters()),
+                "trainable_parameters": sum(s.numel for s in trainable_specs),
+            },
             techniques=techniques,
-            micro_batches=micro_batches,
-            batch_size=batch_size,
-            recompute=recompute,
-            fused_update=fused_update,
-            speed=speed,
-            name=name or f"{(model_spec or ModelSpec()).spec or type(model).__name__}-{backend}",
-            spec=model_spec or ModelSpec(),
+            backend_options=artifacts.backend_options,
         )
         verification = SKIPPED
         if verify:
@@ -210,90 +246,13 @@ def export_bundle(
     return load_bundle(out)
 
 
-def _write_bundle(
-    out: Path,
-    prepared: nn.Module,
-    *,
-    backend: str,
-    loss_spec: LossSpec,
-    optimizer: OptimizerConfig,
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
-    classes: list[str],
-    techniques: Sequence[dict[str, Any]],
-    micro_batches: int,
-    batch_size: int,
-    recompute: RecomputeConfig | None,
-    fused_update: FusedUpdateConfig | None,
-    speed: SpeedConfig | None,
-    name: str,
-    spec: ModelSpec,
-) -> Manifest:
-    """The backend's artifacts and the memory profile in ``out``; returns the manifest (not yet written)."""
-    step_batch = inputs.shape[0]
-    num_classes = len(classes)
-    exporter = backend_exporter(backend)
-    techniques = list(techniques)
-    if recompute is not None:
-        exporter = functools.partial(exporter, recompute=recompute)
-        techniques.append({"name": "recompute", "config": recompute.to_json()})
-    if fused_update is not None:
-        exporter = functools.partial(exporter, fused_update=fused_update)
-        techniques.append({"name": "fused_update", "config": fused_update.to_json()})
-    if speed is not None and speed.enabled:
-        exporter = functools.partial(exporter, speed=speed)
-    artifacts = exporter(prepared, loss_spec, inputs, labels, optimizer, out)
-    techniques += artifacts.techniques
-    roles = dict(artifacts.files)
-    if artifacts.memory_profile is not None:
-        profile = json.dumps(artifacts.memory_profile.to_json(), separators=(",", ":")).encode()
-        atomic_write_bytes(out / PROFILE_FILE, profile)
-        roles["memory_profile"] = PROFILE_FILE
-    files = {role: file_entry(out, path) for role, path in roles.items()}
-    params = dict(prepared.named_parameters())
-    trainable_specs = []
-    for runtime_name in artifacts.trainable_names:
-        p = params[runtime_name.removeprefix(MODEL_PREFIX)]
-        trainable_specs.append(ParameterSpec(runtime_name, list(p.shape), DTYPE_NAMES[p.dtype], p.numel()))
-    return Manifest(
-        name=name,
-        backend=backend,
-        created_by=f"memwall {_version()}",
-        files=files,
-        inputs=[TensorSpec("input", list(inputs.shape), "float32")],
-        labels=TensorSpec("label", list(labels.shape), DTYPE_NAMES[labels.dtype]),
-        outputs=[
-            TensorSpec("loss", [], "float32"),
-            TensorSpec("logits", [step_batch, num_classes], "float32"),
-        ],
-        classes=classes,
-        loss=loss_spec.name,
-        trainable=trainable_specs,
-        frozen_parameter_count=sum(p.numel() for p in prepared.parameters() if not p.requires_grad),
-        optimizer=optimizer.to_json(),
-        training={"batch_size": batch_size, "micro_batches": micro_batches},
-        methods=artifacts.methods,
-        memory=estimate_memory(
-            artifacts, prepared, optimizer, sum(files[role].bytes for role in artifacts.files), micro_batches
-        ),
-        model={
-            "spec": spec.spec,
-            "kwargs": spec.kwargs,
-            "parameters": sum(p.numel() for p in prepared.parameters()),
-            "trainable_parameters": sum(s.numel for s in trainable_specs),
-        },
-        techniques=techniques,
-        backend_options=artifacts.backend_options,
-    )
-
-
 def check_destination(out: Path, overwrite: bool) -> None:
     """Refuse, before any work, an ``out`` that holds something an export must not replace: anything but an
     empty directory, or with ``overwrite`` (``--force``) a memwall bundle."""
     if not out.exists() and not out.is_symlink():
         return
     if not out.is_dir() or out.is_symlink():
-        raise FileExistsError(f"{out} exists and is not a directory; choose another output directory")
+        raise FileExistsError(f"{out} exists and is not a directory (or is a symlink); choose another output directory")
     if not any(out.iterdir()):
         return
     if not overwrite:
@@ -318,6 +277,7 @@ def is_bundle_directory(path: Path) -> bool:
 def staged(out: Path) -> Iterator[Path]:
     """A fresh directory beside ``out`` to build a bundle in; when the block completes it replaces ``out``
     (``replace_directory``), when it fails it is deleted and ``out`` is left as it was."""
+    out = out.absolute()  # "." has no name to stage beside
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
     try:

@@ -96,7 +96,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['bundle']} | {r['threads']} | {r['planned_arena_mib']:.1f} | {r['predicted_mib']:.1f} | "
             f"{r['python_peak_mib']:.1f} | {r['native_peak_mib']:.1f} | {r['native_vs_prediction']:+.0%} | "
-            f"{r['floor_mib']:.1f} | {r['native_over_floor']:.2f}x | {r['python_ms']:.1f} | {r['native_ms']:.1f} |"
+            f"{r['floor_mib']:.1f} | {r['native_over_floor']:.2f}x | {r['python_ms']:.2f} | {r['native_ms']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -15,6 +15,9 @@ if [ ! -x "$PYTHON" ]; then
 fi
 case "$PYTHON" in /*) ;; *) PYTHON="$PWD/$PYTHON" ;; esac
 cd "$(dirname "$0")"
+# One build at a time: ./dev runs this beside the apps' setup scripts, and their tests call it too.
+exec 9>.setup.lock
+flock 9
 BIN=$(dirname "$PYTHON")
 
 if ! "$BIN/cmake" --version 2>/dev/null | grep -qE 'version (3\.(2[89]|3[0-9])|[4-9])\.' || [ ! -x "$BIN/ninja" ]; then

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from exporters.bundle import Bundle, BundleError
 from sdk_tools.lab.cli import add_lab_parser
@@ -16,7 +16,8 @@ from sdk_tools.lab.client import LabClientError
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+    # allow_nan=False: NaN is not JSON (the apps' and the lab's parsers refuse it); non-finite figures are null.
+    print(json.dumps(data, indent=2, default=str, allow_nan=False))
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -27,6 +28,42 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     if not shape or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"shape dimensions must be positive, got {text!r}")
     return shape
+
+
+def _positive(text: str) -> int:
+    return _integer(text, 1, "a positive integer")
+
+
+def _non_negative(text: str) -> int:
+    return _integer(text, 0, "an integer >= 0")
+
+
+def _integer(text: str, low: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def _load_state_dict(path: str, flag: str) -> Any:
+    """A state dict from ``torch.load`` (weights only: a .pt can hold pickled code), or one clear error."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise ValueError(
+            f"{flag} {path} is not a torch.save file of tensors only ({type(exc).__name__}); save one with "
+            "torch.save(model.state_dict(), path)"
+        ) from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"{flag} {path} holds a {type(state).__name__}, not a state dict; save model.state_dict()")
+    return state
 
 
 def _parse_kwargs(text: str) -> dict[str, Any]:
@@ -51,7 +88,10 @@ def _load_model(args: argparse.Namespace) -> Any:
     torch.manual_seed(args.init_seed)
     model = build_model(args.model, **args.model_kwargs)
     if args.weights:
-        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+        try:
+            model.load_state_dict(_load_state_dict(args.weights, "--weights"))
+        except RuntimeError as exc:  # missing/unexpected keys, shape mismatches
+            raise ValueError(f"--weights {args.weights} does not fit {args.model}: {exc}") from exc
     return model
 
 
@@ -256,15 +296,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(bundle, _train_config(args, resume=args.resume, checkpoint_every=args.checkpoint_every))
     if args.json:
         _print_json(result.to_json())
+    else:
+        before = "-" if result.accuracy_before is None else f"{result.accuracy_before:.1%}"
+        after = "-" if result.accuracy_after is None else f"{result.accuracy_after:.1%}"
+        print(
+            f"trained {result.steps_run} steps ({result.total_steps} in total), loss {_loss(result.losses[0])} -> "
+            f"{_loss(result.losses[-1])}, {result.steps_per_second:.2f} steps/s\n"
+            f"accuracy on {args.eval_split}: {before} -> {after}\ncheckpoint {result.checkpoint}"
+        )
+    return _diverged(args, result.diverged_at_step, result.checkpoint)
+
+
+def _loss(value: float | None) -> str:
+    return "not finite" if value is None else f"{value:.4f}"
+
+
+def _diverged(args: argparse.Namespace, step: int | None, checkpoint: str | None) -> int:
+    """Exit status 2 with one line when training stopped on a non-finite loss or weight, else 0."""
+    if step is None:
         return 0
-    before = "-" if result.accuracy_before is None else f"{result.accuracy_before:.1%}"
-    after = "-" if result.accuracy_after is None else f"{result.accuracy_after:.1%}"
+    kept = f"the checkpoint {checkpoint} is the last good one" if checkpoint else "no checkpoint was written"
     print(
-        f"trained {result.steps_run} steps ({result.total_steps} in total), loss {result.losses[0]:.4f} -> "
-        f"{result.losses[-1]:.4f}, {result.steps_per_second:.2f} steps/s\n"
-        f"accuracy on {args.eval_split}: {before} -> {after}\ncheckpoint {result.checkpoint}"
+        f"memwall {args.command}: error: training diverged at step {step} (loss or weights not finite); {kept}. "
+        "Lower the learning rate (re-export with a smaller --lr) or check the data for extreme values",
+        file=sys.stderr,
     )
-    return 0
+    return 2
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -277,19 +334,22 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if not (args.out or args.onnx):
         raise ValueError("say what to write: --out state.pt (PyTorch) and/or --onnx model.onnx (ONNX Runtime bundles)")
     bundle = load_bundle(args.bundle)
+    # Every argument is checked before the checkpoint is read.
+    if args.onnx and bundle.manifest.backend != "onnxruntime":
+        raise ValueError("--onnx needs an onnxruntime bundle; for ExecuTorch use --out and export from PyTorch")
+    transformed = {t["name"] for t in bundle.manifest.techniques} & {"lora", "int8_weights"}
+    if args.out and transformed and not args.base:
+        # Adapters must be merged into (and int8 weights restored from) the weights the bundle was made from.
+        raise ValueError(
+            f"this bundle was exported with {', '.join(sorted(transformed))}: pass --base WEIGHTS.pt (the "
+            "state dict it was exported from) so pull can fold the trained tensors into the full model"
+        )
+    base = _load_state_dict(args.base, "--base") if args.base else None
     ckpt = load_checkpoint(Path(args.checkpoint) if args.checkpoint else default_checkpoint_path(bundle), bundle)
     summary: dict[str, Any] = {"steps": ckpt.steps}
-    transformed = {t["name"] for t in bundle.manifest.techniques} & {"lora", "int8_weights"}
     if args.out and transformed:
-        # Adapters must be merged into (and int8 weights restored from) the weights the bundle was made from.
-        if not args.base:
-            raise ValueError(
-                f"this bundle was exported with {', '.join(sorted(transformed))}: pass --base WEIGHTS.pt (the "
-                "state dict it was exported from) so pull can fold the trained tensors into the full model"
-            )
         from sdk_tools.runner.train import rebuild_trained_model
 
-        base = torch.load(args.base, map_location="cpu", weights_only=True)
         checkpoint = Path(args.checkpoint) if args.checkpoint else None
         state = rebuild_trained_model(bundle, base, checkpoint, args.trust_bundle_code).state_dict()
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -297,13 +357,11 @@ def cmd_pull(args: argparse.Namespace) -> int:
         summary.update(out=args.out, trained_tensors=len(bundle.manifest.trainable), total_tensors=len(state))
     elif args.out:
         trained = {strip_prefix(p.name): ckpt.tensors[p.name] for p in bundle.manifest.trainable}
-        state = {**torch.load(args.base, map_location="cpu", weights_only=True), **trained} if args.base else trained
+        state = {**base, **trained} if base else trained
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, args.out)
         summary.update(out=args.out, trained_tensors=len(trained), total_tensors=len(state))
     if args.onnx:
-        if bundle.manifest.backend != "onnxruntime":
-            raise ValueError("--onnx needs an onnxruntime bundle; for ExecuTorch use --out and export from PyTorch")
         from sdk_tools.runner.onnxruntime_session import OnnxRuntimeSession, export_inference_model
 
         session = OnnxRuntimeSession(bundle)
@@ -324,6 +382,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from sdk_tools.measure import measure_training
     from sdk_tools.memory import mib
 
+    _check_lab_args(args)
     result = measure_training(
         args.bundle, _train_config(args, checkpoint_every=0), threads=args.threads, cap_bytes=args.cap
     )
@@ -338,12 +397,13 @@ def cmd_measure(args: argparse.Namespace) -> int:
         )
         phases = ", ".join(f"{name} {mib(value)}" for name, value in result.phase_peak_delta_bytes.items())
         print(f"peak by phase: {phases}")
-    return 0
+    return _diverged(args, result.train.get("diverged_at_step"), result.train.get("checkpoint"))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from sdk_tools.demo import DemoConfig, format_report, run_demo
 
+    _check_lab_args(args)
     config = DemoConfig(backend=args.backend, out_dir=Path(args.out), steps=args.steps)
     report = run_demo(config)
     _report_to_lab(args, report.measurement)
@@ -359,8 +419,6 @@ def _report_to_lab(args: argparse.Namespace, measurement: Any) -> None:
     from sdk_tools import host_report
 
     if args.lab:
-        if not (args.token and args.device_id):
-            raise ValueError("--lab needs --token and --device-id (from 'memwall lab register')")
         answer = host_report.post_to_lab(measurement, args.lab, args.token, args.device_id)
         print(f"[memwall] report posted to {args.lab} (id {answer.get('id')})", file=sys.stderr)
     elif args.local_lab:
@@ -368,6 +426,12 @@ def _report_to_lab(args: argparse.Namespace, measurement: Any) -> None:
         print(
             f"[memwall] report {row} recorded in the local lab {args.local_lab} ('memwall lab serve')", file=sys.stderr
         )
+
+
+def _check_lab_args(args: argparse.Namespace) -> None:
+    """Before the run, not after it: a measurement must not be lost to a missing flag."""
+    if args.lab and not (args.token and args.device_id):
+        raise ValueError("--lab needs --token and --device-id (from 'memwall lab register')")
 
 
 def _add_lab_args(parser: argparse.ArgumentParser, local_default: str | None) -> None:
@@ -384,8 +448,8 @@ def _add_train_args(parser: argparse.ArgumentParser, steps: int) -> None:
     parser.add_argument("--data", default="digits", help="'digits', 'random' or a .npz with arrays x, y")
     parser.add_argument("--split", default="personal", help="training split of the digits data")
     parser.add_argument("--eval-split", default="personal_test", help="evaluation split ('' to skip)")
-    parser.add_argument("--eval-samples", type=int, help="evaluate on the first N samples only (default: all)")
-    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--eval-samples", type=_positive, help="evaluate on the first N samples only (default: all)")
+    parser.add_argument("--steps", type=_positive, default=steps)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", help="checkpoint file (default: BUNDLE/checkpoint.safetensors)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -406,7 +470,7 @@ def _add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--weights", help="state dict (.pt) to load before export")
     parser.add_argument("--init-seed", type=int, default=0, help="seed of the initial weights (without --weights)")
     parser.add_argument("--input-shape", type=_parse_shape, required=required, help="one sample's shape, e.g. 3,32,32")
-    parser.add_argument("--batch", type=int, default=8, help="samples per optimizer step")
+    parser.add_argument("--batch", type=_positive, default=8, help="samples per optimizer step")
     parser.add_argument("--backend", choices=("executorch", "onnxruntime"), default="executorch")
     parser.add_argument("--loss", default="cross_entropy", help="cross_entropy | mse | bce_with_logits | pkg.mod:fn")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
@@ -417,10 +481,10 @@ def _add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
 
 def _add_plan_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trainable", action="append", default=[], help="fnmatch pattern of parameters to train")
-    parser.add_argument("--last-blocks", type=int, help="train the last K numbered blocks and the head (0: head)")
+    parser.add_argument("--last-blocks", type=_non_negative, help="train the last K numbered blocks + head (0: head)")
     parser.add_argument("--bias-only", action="store_true", help="train every bias (TinyTL; add --trainable HEAD)")
     parser.add_argument("--recompute", help="recompute activations in backward: auto | blocks | sqrt | N segments")
-    parser.add_argument("--micro-batches", type=int, default=1, help="split each step into this many calls")
+    parser.add_argument("--micro-batches", type=_positive, default=1, help="split each step into this many calls")
     parser.add_argument(
         "--fused-update",
         nargs="?",
@@ -429,7 +493,7 @@ def _add_plan_args(parser: argparse.ArgumentParser) -> None:
         help="ExecuTorch: the optimizer step runs inside the training program (gradients die right after use); "
         "the learning rate is an input of each call (default) or a constant",
     )
-    parser.add_argument("--lora-rank", type=int, help="LoRA adapters of this rank (the adapted layers freeze)")
+    parser.add_argument("--lora-rank", type=_positive, help="LoRA adapters of this rank (the adapted layers freeze)")
     parser.add_argument("--lora-alpha", type=float, default=8.0, help="LoRA scaling numerator (alpha / rank)")
     parser.add_argument("--lora-target", action="append", help="fnmatch over module names (default: every fit)")
     parser.add_argument("--int8-frozen", action="store_true", help="store frozen Linear/Conv weights as int8")
@@ -443,8 +507,15 @@ def _add_plan_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a mistake prints one line (problem, then where the fix is), not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="memwall", description=__doc__)
+    parser = OneLineParser(prog="memwall", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("export", help="export a model as an on-device training bundle")
@@ -480,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p, required=True)
     p.add_argument("--budget", type=_parse_size, required=True, help="memory the app may use, e.g. 48MB")
     p.add_argument("--margin", type=float, default=0.1, help="headroom for prediction error (fraction of budget)")
-    p.add_argument("--top", type=int, default=3, help="how many plans to show")
+    p.add_argument("--top", type=_positive, default=3, help="how many plans to show")
     p.add_argument(
         "--speed-routes",
         action=argparse.BooleanOptionalAction,
@@ -502,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a bundle in its real runtime")
     _add_train_args(p, steps=100)
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--checkpoint-every", type=_non_negative, default=50, help="0: only at the end")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("pull", help="write the trained weights as a PyTorch state dict")
@@ -522,14 +593,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("measure", help="train in a child process and measure peak memory")
     _add_train_args(p, steps=20)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=_positive, default=None)
     p.add_argument("--cap", type=_parse_size, help="hard memory cap over the idle baseline, e.g. 48MB: OOM past it")
     _add_lab_args(p, local_default=None)
     p.set_defaults(func=cmd_measure)
 
     p = sub.add_parser("demo", help="pretrain, export, personalize on device, report (the main job)")
     p.add_argument("--backend", choices=("executorch", "onnxruntime"), default="executorch")
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=_positive, default=150)
     p.add_argument("--out", default="memwall_runs/demo")
     p.add_argument("--json", action="store_true")
     _add_lab_args(p, local_default="memwall_lab")
@@ -544,8 +615,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (BundleError, LabClientError, ValueError, OSError, KeyError, RuntimeError) as exc:
-        print(f"memwall {args.command}: error: {exc}", file=sys.stderr)
+        print(f"memwall {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"memwall {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not a user mistake: still one line, and the way to the traceback
+        if os.environ.get("MEMWALL_DEBUG"):
+            raise
+        print(
+            f"memwall {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} (a bug: please report "
+            "it with the traceback MEMWALL_DEBUG=1 prints)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message on one line (KeyError quotes its key; runtimes put newlines in theirs)."""
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(str(text).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

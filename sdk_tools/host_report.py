@@ -34,7 +34,7 @@ def measurement_report(measurement: Measurement, device_id: str) -> dict[str, An
             "batch_size": manifest["training"]["batch_size"],
             "micro_batches": manifest["training"]["micro_batches"],
             "step_times_ms": [round(t * 1000, 3) for t in train["step_times_s"]],
-            "loss_curve": [round(v, 6) for v in train["losses"]],
+            "loss_curve": [None if v is None else round(v, 6) for v in train["losses"]],  # null: not finite
             "accuracy_before": train["accuracy_before"],
             "accuracy_after": train["accuracy_after"],
             "threads": measurement.threads,

@@ -51,8 +51,9 @@ class Measurement:
 
     @property
     def prediction_error(self) -> float:
-        """(predicted - measured) / measured: positive means the prediction was too high."""
-        return (self.predicted_peak_bytes - self.peak_delta_bytes) / self.peak_delta_bytes
+        """(predicted - measured) / measured: positive means the prediction was too high (a measured delta of 0 or
+        less counts as 1 byte: the figure stays a finite JSON number)."""
+        return (self.predicted_peak_bytes - self.peak_delta_bytes) / max(self.peak_delta_bytes, 1)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "prediction_error": self.prediction_error}

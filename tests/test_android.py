@@ -17,6 +17,7 @@ import signal
 import struct
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -37,6 +38,9 @@ TOOLS = Path(os.environ.get("MEMWALL_ANDROID_HOME", "/opt/memwall/android"))
 STDLIB = TOOLS / "kotlinc" / "lib" / "kotlin-stdlib.jar"
 JUNIT = "/usr/share/java/junit4.jar:/usr/share/java/hamcrest.jar"
 TOOL_TIMEOUT_S = 120
+# runtime/ (the native helper's C++ core); MEMWALL_RUNTIME_DIR points at another checkout's.
+RUNTIME = Path(os.environ.get("MEMWALL_RUNTIME_DIR", REPO / "runtime"))
+KOTLIN_FLAGS = ["-Werror", "-jvm-target", "1.8", "-no-reflect"]
 
 
 def _lab_server_class() -> Any:
@@ -249,3 +253,103 @@ def _defined_classes(dex: bytes) -> set[str]:
     names = _dex_class_names(dex)
     class_defs_size, class_defs_off = struct.unpack_from("<II", dex, 0x60)
     return {names[struct.unpack_from("<I", dex, class_defs_off + 32 * i)[0]] for i in range(class_defs_size)}
+
+
+@pytest.fixture(scope="module")
+def jni_host(built: Path) -> Path:
+    """libmemwall_jni.so built on the host from the app's own memwall_jni.cpp + runtime/, and the Kotlin side."""
+    if not (RUNTIME / "include" / "memwall.h").is_file():
+        pytest.skip(f"no native runtime at {RUNTIME} (runtime/include/memwall.h): the JNI path needs it")
+    env = {**os.environ, "MEMWALL_PYTHON": sys.executable}
+    # runtime/setup.sh: CMake >= 3.28 and ninja in the venv, nlohmann-json; returns at once when up to date.
+    subprocess.run([str(RUNTIME / "setup.sh")], env=env, check=True, capture_output=True, timeout=1800)
+    bin_dir = Path(sys.executable).parent
+    build = built / "jni-host"
+    import executorch
+
+    # Configured every time (seconds): the cache must follow RUNTIME if it moved.
+    subprocess.run(
+        [str(bin_dir / "cmake"), "-S", str(DEMO / "app/src/main/cpp"), "-B", str(build), "-G", "Ninja",
+         f"-DCMAKE_MAKE_PROGRAM={bin_dir / 'ninja'}", f"-DCMAKE_PREFIX_PATH={next(iter(executorch.__path__))}",
+         f"-DMEMWALL_RUNTIME_DIR={RUNTIME}", "-DCMAKE_BUILD_TYPE=Release"],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    ninja = subprocess.run([str(bin_dir / "ninja"), "-C", str(build), "memwall_jni"], capture_output=True, text=True)
+    assert ninja.returncode == 0, ninja.stdout[-4000:]
+    jar = built / "jni-host.jar"
+    sources = [
+        DEMO / "app/src/main/kotlin/dev/memwall/demo/NativeBackend.kt",
+        DEMO / "app/src/test/kotlin/dev/memwall/demo/JniHostTraining.kt",
+    ]
+    inputs = [*sources, built / "core.jar", built / "core-tests.jar"]
+    if not jar.is_file() or jar.stat().st_mtime < max(p.stat().st_mtime for p in inputs):
+        classpath = f"{built / 'core.jar'}:{built / 'core-tests.jar'}"
+        kotlinc = [str(TOOLS / "kotlinc/bin/kotlinc"), *KOTLIN_FLAGS, "-cp", classpath, "-d", str(jar)]
+        result = subprocess.run([*kotlinc, *map(str, sources)], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+    return build
+
+
+def _samples(split: str, count: int) -> list[dict[str, Any]]:
+    from sdk_tools.data.digits import load_digits_split
+
+    data = load_digits_split(split)
+    return [{"x": data.images[i].reshape(-1).tolist(), "y": int(data.labels[i])} for i in range(count)]
+
+
+def test_kotlin_trains_through_jni_and_the_cpp_core(built: Path, jni_host: Path, tmp_path: Path) -> None:
+    from exporters import ModelSpec, export_bundle, load_bundle
+    from sdk_tools.lab.schema import validate_report
+    from sdk_tools.models import build_model
+    from sdk_tools.runner import TrainConfig, train
+
+    config = OptimizerConfig(kind="adamw", lr=1e-2)
+    torch.manual_seed(0)
+    export_bundle(
+        build_model("mlp"),
+        tmp_path / "mlp",
+        sample_shape=(1, 8, 8),
+        batch_size=8,
+        micro_batches=2,
+        optimizer=config,
+        model_spec=ModelSpec("mlp"),
+    )
+    (tmp_path / "samples.json").write_text(
+        json.dumps({"train": (train_set := _samples("personal", 256)), "test": _samples("personal_test", 128)})
+    )
+    checkpoint = tmp_path / "mlp" / "checkpoint.safetensors"
+    classpath = f"{built / 'jni-host.jar'}:{built / 'core.jar'}:{built / 'core-tests.jar'}:{STDLIB}"
+    command = ["java", f"-Djava.library.path={jni_host}", "-cp", classpath, "dev.memwall.demo.JniHostTraining"]
+    command += [str(tmp_path / "mlp"), str(tmp_path / "samples.json"), "30", str(checkpoint), str(uuid.uuid4())]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = json.loads(result.stdout)
+    run = out["report"]["run"]
+    losses = run["loss_curve"]
+    # Eager PyTorch on the same batches (the Trainer cycles the samples in order, 4 per call, 2 calls per step).
+    torch.manual_seed(0)
+    eager = build_model("mlp")
+    opt = torch.optim.AdamW(eager.parameters(), lr=config.lr, betas=config.betas, eps=config.eps,
+                            weight_decay=config.weight_decay)  # fmt: skip
+    expected = []
+    for step in range(30):
+        step_loss = 0.0
+        for call in (2 * step, 2 * step + 1):
+            batch = [train_set[(4 * call + i) % len(train_set)] for i in range(4)]
+            x = torch.tensor([s["x"] for s in batch]).reshape(4, 1, 8, 8)
+            loss = torch.nn.functional.cross_entropy(eager(x), torch.tensor([s["y"] for s in batch]))
+            (loss / 2).backward()
+            step_loss += loss.item() / 2
+        opt.step()
+        opt.zero_grad()
+        expected.append(step_loss)
+    assert losses == pytest.approx(expected, abs=1e-4), (losses, expected)
+    assert sum(losses[-5:]) < sum(losses[:5])
+    assert run["accuracy_after"] > run["accuracy_before"]
+    assert out["data_position"] == out["resumed_data_position"] == 60  # 30 steps x 2 micro-batches
+    assert out["resumed_predicts_the_same"]
+    validate_report(out["report"])
+    # The Python host runner resumes the checkpoint the app's native path wrote.
+    bundle = load_bundle(tmp_path / "mlp")
+    resumed = train(bundle, TrainConfig(steps=2, resume=True, checkpoint=checkpoint, eval_split=None, progress=False))
+    assert resumed.total_steps == 30 + resumed.steps_run

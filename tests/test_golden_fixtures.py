@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from exporters.bundle import BundleError, Manifest, validate_manifest_json
+from exporters.bundle import BundleError, Manifest, ParameterSpec, validate_manifest_json
 from sdk_tools.conformance import CHECKPOINT_MANIFEST, write_all
 from sdk_tools.lab.schema import validate_report
 from sdk_tools.runner.checkpoint import load_checkpoint
@@ -45,9 +46,17 @@ def test_golden_reports_satisfy_report_v1(name: str) -> None:
 
 
 def test_golden_checkpoint_loads_in_the_host_runner(tmp_path: Path) -> None:
-    # load_checkpoint reads only the bundle's manifest hash, which names the checkpoint's manifest bytes.
-    bundle = SimpleNamespace(manifest_sha256=hashlib.sha256(CHECKPOINT_MANIFEST).hexdigest())
+    # load_checkpoint reads the bundle's manifest hash (which names the checkpoint's manifest bytes) and its
+    # trainable tensors' names, shapes and dtypes.
     expected = json.loads((GOLDEN / "checkpoint.json").read_text())
+    trainable = [
+        ParameterSpec(name, entry["shape"], "float32", math.prod(entry["shape"]))
+        for name, entry in expected["tensors"].items()
+        if not name.startswith("optimizer/")
+    ]
+    bundle = SimpleNamespace(
+        manifest_sha256=hashlib.sha256(CHECKPOINT_MANIFEST).hexdigest(), manifest=SimpleNamespace(trainable=trainable)
+    )
     ckpt = load_checkpoint(GOLDEN / "checkpoint.safetensors", bundle)  # type: ignore[arg-type]
     assert ckpt.steps == int(expected["metadata"]["steps"])
     assert {name: t.reshape(-1).tolist() for name, t in ckpt.tensors.items()} == {

@@ -423,7 +423,7 @@ def test_state_tensors_round_trip(bundles) -> None:
     restored.load_state_tensors(steps, copy.deepcopy(tensors))
     batch = batches(session.bundle, 1, seed=3)
     assert restored.train_step(batch)[0] == session.train_step(batch)[0]
-    with pytest.raises(ValueError, match="lacks parameters"):
+    with pytest.raises(ValueError, match="checkpoint lacks"):
         restored.load_state_tensors(steps, {})
 
 

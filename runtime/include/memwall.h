@@ -132,6 +132,9 @@ mw_status mw_memory_reset_peak(void);
 /* Marks the start of a phase ("evaluate_before", "train", "checkpoint", "evaluate_after"): the session records
  * the baseline before the first phase and each phase's peak, as `memwall measure` does. */
 mw_status mw_session_phase(mw_session* session, const char* phase);
+/* A phase's peak over the session's baseline (bytes), as `memwall measure` reports phase_peak_delta_bytes; a phase
+ * still running is sampled now. MW_ERR_ARGUMENT for a phase the session never entered. */
+mw_status mw_phase_peak_delta(mw_session* session, const char* phase, int64_t* delta_bytes);
 
 typedef struct mw_report_options {
   const char* device_json; /* the report's "device" object as JSON; NULL: this host (uname, RAM) */

@@ -2,8 +2,10 @@
 
 #include <sys/stat.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "failure.h"
@@ -15,6 +17,9 @@ namespace {
 using nlohmann::json;
 
 constexpr int kSupportedSchemaVersion = 1;
+// As exporters/bundle.py: a manifest is a few KiB (MobileNetV2 x1.0 full fine-tune: 33 KiB); reading more would
+// only let a hostile one exhaust memory before the checks refuse it.
+constexpr int64_t kMaxManifestBytes = 4 << 20;
 constexpr const char* kManifestName = "manifest.json";
 
 // A manifest that does not have the shape manifest.v1.schema.json gives: the Python loader's message.
@@ -108,9 +113,10 @@ bool is_directory(const std::string& path) {
   return ::stat(path.c_str(), &info) == 0 && S_ISDIR(info.st_mode);
 }
 
+// A regular file, not a symbolic link.
 bool regular_file_size(const std::string& path, int64_t* size) {
   struct stat info {};
-  if (::stat(path.c_str(), &info) != 0 || !S_ISREG(info.st_mode)) return false;
+  if (::lstat(path.c_str(), &info) != 0 || !S_ISREG(info.st_mode)) return false;
   *size = int64_t(info.st_size);
   return true;
 }
@@ -126,12 +132,40 @@ bool safe_relative_path(const std::string& path) {
   return true;
 }
 
+std::string real_path(const std::string& path) {
+  char* resolved = ::realpath(path.c_str(), nullptr);
+  std::string out = resolved ? resolved : "";
+  std::free(resolved);
+  return out;
+}
+
+std::string normalized(const std::string& relative) {
+  std::vector<std::string> parts;
+  std::stringstream in(relative);
+  std::string part;
+  while (std::getline(in, part, '/')) {
+    if (!part.empty() && part != ".") parts.push_back(part);
+  }
+  std::string out;
+  for (const std::string& p : parts) out += "/" + p;
+  return out;
+}
+
 void verify_file(const std::string& directory, const std::string& role, const std::string& relative,
                  const std::string& sha256, int64_t bytes) {
   std::string path = directory + "/" + relative;
+  struct stat info {};
+  if (::lstat(path.c_str(), &info) != 0) {
+    fail(MW_ERR_BUNDLE, "bundle file '" + relative + "' (" + role + ") is missing from " + directory + "; re-export the bundle");
+  }
+  // Refused rather than followed: a symlink (of the file or of a directory on its path) could point anywhere.
+  if (real_path(path) != real_path(directory) + normalized(relative)) {
+    fail(MW_ERR_BUNDLE, "bundle file '" + relative + "' (" + role + ") is a symbolic link or lies outside " + directory +
+                            ": a bundle's files must be regular files inside it; copy the bundle without links (cp -rL) or re-export it");
+  }
   int64_t size = 0;
   if (!regular_file_size(path, &size)) {
-    fail(MW_ERR_BUNDLE, "bundle file '" + relative + "' (" + role + ") is missing from " + directory + "; re-export the bundle");
+    fail(MW_ERR_BUNDLE, "bundle file '" + relative + "' (" + role + ") in " + directory + " is not a regular file; re-export it");
   }
   if (size != bytes) {
     fail(MW_ERR_BUNDLE, "bundle file '" + relative + "' (" + role + ") is " + std::to_string(size) + " bytes, the manifest says " +
@@ -144,9 +178,49 @@ void verify_file(const std::string& directory, const std::string& role, const st
   }
 }
 
+// What the schema cannot say (exporters/bundle.py check_manifest_consistency): the figures a runner sizes tensors
+// and loops from agree with each other. The first problem is reported, with the count.
+void check_consistency(const Bundle& b, const json& files, const json& training, const std::string& where) {
+  std::vector<std::string> problems;
+  if (b.backend == "executorch" && !files.contains("program")) problems.push_back("files lacks the program role(s) a executorch bundle needs");
+  if (b.backend == "onnxruntime") {
+    std::string missing;
+    for (const char* role : {"training_model", "eval_model", "checkpoint"}) {
+      if (!files.contains(role)) missing += (missing.empty() ? "" : ", ") + std::string(role);
+    }
+    if (!missing.empty()) problems.push_back("files lacks the " + missing + " role(s) a onnxruntime bundle needs");
+  }
+  const std::vector<int64_t>& input = b.inputs[0].shape;
+  if (input.empty()) {
+    problems.push_back("inputs[0] has no batch dimension");
+  } else if (b.labels.shape.empty() || b.labels.shape[0] != input[0]) {
+    problems.push_back("labels and inputs differ in batch size");
+  }
+  int64_t batch = training.value("batch_size", int64_t(-1));
+  if (!input.empty() && batch != input[0] * b.micro_batches) problems.push_back("training.batch_size is not the input batch times micro_batches");
+  if (b.labels.shape.size() == 1 && b.labels.dtype != MW_INT64) problems.push_back("labels are class indices but are not int64");
+  if (b.classes.empty()) problems.push_back("classes is empty");
+  for (size_t i = 0; i < b.trainable.size(); ++i) {
+    for (size_t k = 0; k < i; ++k) {
+      if (b.trainable[k].name == b.trainable[i].name && problems.size() < 100) problems.push_back("trainable names a parameter twice");
+    }
+  }
+  const OptimizerConfig& o = b.optimizer;
+  if (o.lr <= 0) problems.push_back("optimizer: learning rate must be positive, got " + std::to_string(o.lr));
+  if (!(o.momentum >= 0 && o.momentum < 1)) problems.push_back("optimizer: momentum must be in [0, 1), got " + std::to_string(o.momentum));
+  if (o.nesterov && (o.momentum == 0 || o.dampening != 0)) {
+    problems.push_back("optimizer: nesterov needs momentum > 0 and dampening == 0 (as in torch.optim.SGD)");
+  }
+  if (!problems.empty()) {
+    fail(MW_ERR_BUNDLE, where + ": " + problems[0] + " (" + std::to_string(problems.size()) + " problem(s)); re-export the bundle");
+  }
+}
+
 }  // namespace
 
 const char* dtype_name(mw_dtype dtype) { return dtype == MW_INT64 ? "int64" : "float32"; }
+
+Bundle read_fields(Bundle b, const json& m, const std::string& manifest_path);
 
 Bundle read_bundle(const std::string& directory) {
   Bundle b;
@@ -158,7 +232,10 @@ Bundle read_bundle(const std::string& directory) {
   }
   int64_t manifest_size = 0;
   if (!regular_file_size(manifest_path, &manifest_size)) {
-    fail(MW_ERR_BUNDLE, b.directory + " has no manifest.json: not a memwall bundle (run 'memwall export')");
+    fail(MW_ERR_BUNDLE, b.directory + " has no manifest.json file: not a memwall bundle (run 'memwall export')");
+  }
+  if (manifest_size > kMaxManifestBytes) {
+    fail(MW_ERR_BUNDLE, manifest_path + " is larger than 4 MiB, far more than any export writes: not a memwall manifest; re-export the bundle");
   }
   {
     std::ifstream in(manifest_path, std::ios::binary);
@@ -169,11 +246,32 @@ Bundle read_bundle(const std::string& directory) {
   }
   json m;
   try {
-    m = json::parse(b.manifest_text);
+    // Strict as every reader of the contract parses it (exporters/bundle.py parse_strict_json): no NaN/Infinity
+    // (nlohmann refuses them), no key twice in one object (readers would disagree on which one wins).
+    std::vector<std::set<std::string>> keys;
+    m = json::parse(b.manifest_text, [&keys](int, json::parse_event_t event, json& parsed) {
+      if (event == json::parse_event_t::object_start) keys.emplace_back();
+      if (event == json::parse_event_t::object_end && !keys.empty()) keys.pop_back();
+      if (event == json::parse_event_t::key && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second) {
+        throw std::invalid_argument("key '" + parsed.get<std::string>() + "' appears twice in one object");
+      }
+      return true;
+    });
+  } catch (const std::invalid_argument& exc) {
+    fail(MW_ERR_BUNDLE, manifest_path + " is not valid JSON (" + exc.what() + "); the bundle is corrupt, re-export it");
   } catch (const json::exception& exc) {
     fail(MW_ERR_BUNDLE, manifest_path + " is not valid JSON (" + exc.what() + "); the bundle is corrupt, re-export it");
   }
   if (!m.is_object()) fail(MW_ERR_BUNDLE, manifest_path + ": expected a JSON object, found " + std::string(m.type_name()));
+  try {
+    return read_fields(std::move(b), m, manifest_path);
+  } catch (const json::exception& exc) {
+    // A value of an unexpected type where the checks above do not look.
+    fail(MW_ERR_BUNDLE, manifest_path + ": invalid manifest: " + exc.what() + ". Re-export the bundle; do not edit manifest.json by hand.");
+  }
+}
+
+Bundle read_fields(Bundle b, const json& m, const std::string& manifest_path) {
   if (!m.contains("schema_version") || !m["schema_version"].is_number_integer() ||
       m["schema_version"].get<int64_t>() != kSupportedSchemaVersion) {
     std::string found = m.contains("schema_version") ? m["schema_version"].dump() : "None";
@@ -250,6 +348,7 @@ Bundle read_bundle(const std::string& directory) {
   r.field(m, "techniques", json::value_t::array, "");
   const json& options = r.field(m, "backend_options", json::value_t::object, "");
 
+  check_consistency(b, files, training, manifest_path);
   for (auto it = files.begin(); it != files.end(); ++it) {
     verify_file(b.directory, it.key(), it.value()["path"].get<std::string>(), it.value()["sha256"].get<std::string>(),
                 it.value()["bytes"].get<int64_t>());
@@ -260,7 +359,6 @@ Bundle read_bundle(const std::string& directory) {
     fail(MW_ERR_UNSUPPORTED, "bundle " + b.name + " is for " + b.backend +
                                  ", and this native runtime runs ExecuTorch bundles only: export it with --backend executorch");
   }
-  if (!files.contains("program")) invalid(manifest_path, "files", "an ExecuTorch bundle needs a 'program' file");
   b.program_path = b.directory + "/" + files["program"]["path"].get<std::string>();
   b.optimizer_runs_in_program = options.value("optimizer_runs_in", "app") == "program";
   // Bundles exported before backend_options.runtime: portable kernels, one thread, no delegates.

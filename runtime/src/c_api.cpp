@@ -234,6 +234,18 @@ mw_status mw_session_phase(mw_session* session, const char* phase) {
   });
 }
 
+mw_status mw_phase_peak_delta(mw_session* session, const char* phase, int64_t* delta_bytes) {
+  return guarded([&] {
+    require(session, "session");
+    require(phase, "phase");
+    require(delta_bytes, "delta_bytes");
+    session->run->sample();
+    auto it = session->run->phase_peaks.find(phase);
+    if (it == session->run->phase_peaks.end()) memwall::fail(MW_ERR_ARGUMENT, std::string("the session never entered phase ") + phase);
+    *delta_bytes = it->second - session->run->baseline_bytes;
+  });
+}
+
 mw_status mw_report_json(const mw_session* session, const mw_report_options* options, char** json_out) {
   return guarded([&] {
     require(session, "session");

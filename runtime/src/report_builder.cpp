@@ -92,6 +92,7 @@ void RunRecord::phase(const std::string& name) {
   peak_bytes = std::max(peak_bytes, s.peak_bytes);
   reset_memory_peak();
   current_phase = name;
+  phase_peaks.emplace(name, s.current_bytes);
 }
 
 void RunRecord::sample() {

@@ -99,7 +99,17 @@ void save_checkpoint(const std::string& path, const std::vector<StateView>& tens
   }
 }
 
+LoadedCheckpoint read_checkpoint(const std::string& path, const std::string& manifest_sha256);
+
 LoadedCheckpoint load_checkpoint(const std::string& path, const std::string& manifest_sha256) {
+  try {
+    return read_checkpoint(path, manifest_sha256);
+  } catch (const json::exception& exc) {
+    corrupt(path, exc.what());  // a header value of an unexpected type
+  }
+}
+
+LoadedCheckpoint read_checkpoint(const std::string& path, const std::string& manifest_sha256) {
   struct stat info {};
   if (::stat(path.c_str(), &info) != 0 || !S_ISREG(info.st_mode)) {
     fail(MW_ERR_CHECKPOINT, "no checkpoint at " + path + "; train without --resume first");

@@ -190,6 +190,12 @@ int main(int argc, char** argv) {
     accuracy_after = evaluate(session, bundle, *eval_data);
     std::printf("accuracy_after %.9g\n", accuracy_after);
   }
+  std::string phases;
+  for (const char* phase : {"evaluate_before", "train", "checkpoint", "evaluate_after"}) {
+    int64_t delta = 0;
+    if (mw_phase_peak_delta(session, phase, &delta) == MW_OK) phases += std::string(" ") + phase + "=" + std::to_string(delta);
+  }
+  std::printf("peak_delta_bytes%s\n", phases.c_str());
   if (!args.report.empty()) {
     mw_report_options report{device.empty() ? nullptr : device.c_str(), nullptr, nullptr, accuracy_before, accuracy_after};
     char* json = nullptr;

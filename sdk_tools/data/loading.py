@@ -39,14 +39,44 @@ def load_dataset(
         raise ValueError(f"unknown dataset {name!r}: use 'digits', 'random' or a .npz file with arrays x and y")
     if not path.is_file():
         raise FileNotFoundError(f"dataset file {path} does not exist")
-    with np.load(path) as arrays:
-        if "x" not in arrays or "y" not in arrays:
-            raise ValueError(f"{path} must hold arrays named 'x' and 'y' (found {sorted(arrays.files)})")
-        x = torch.from_numpy(arrays["x"].astype(np.float32))
-        y = torch.from_numpy(arrays["y"].astype(np.int64))
-    if tuple(x.shape[1:]) != tuple(sample_shape):
-        raise ValueError(f"{path}: samples have shape {tuple(x.shape[1:])}, the bundle expects {sample_shape}")
-    return DigitsSplit(x, y)
+    return load_npz(path, tuple(sample_shape), num_classes)
+
+
+class DataError(ValueError):
+    """A data file cannot be trained on; the message names the problem and the fix."""
+
+
+def load_npz(path: Path, sample_shape: tuple[int, ...], num_classes: int) -> DigitsSplit:
+    """Samples ``x`` and class labels ``y`` from a user's .npz, checked once here so that no batch later can hold
+    a NaN, an out-of-range class or a ragged length: float samples of ``sample_shape``, integer labels in
+    ``[0, num_classes)``, one label per sample, at least one sample. Pickled objects are never loaded."""
+    fix = "write it with numpy.savez(path, x=float32 samples, y=int64 class indices)"
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            if "x" not in arrays or "y" not in arrays:
+                raise DataError(f"{path} must hold arrays named 'x' and 'y' (found {sorted(arrays.files)}); {fix}")
+            x, y = arrays["x"], arrays["y"]
+    except DataError:
+        raise
+    except Exception as exc:
+        # Whatever numpy's and zipfile's parsers raise on a hostile file means the same: ValueError for pickled
+        # (object) arrays, OSError/BadZipFile for what is no zip, and (found by benchmarks/fuzz_readers.py)
+        # NotImplementedError for zip features zipfile lacks, zlib.error, struct.error, EOFError...
+        raise DataError(f"{path} is not a readable .npz of plain arrays ({type(exc).__name__}: {exc}); {fix}") from exc
+    if x.dtype.kind not in "fiub" or y.dtype.kind not in "iub":
+        raise DataError(f"{path}: x is {x.dtype} and y is {y.dtype}; x must be numbers and y integers; {fix}")
+    if x.ndim < 1 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
+        raise DataError(f"{path}: x has shape {x.shape}, y {y.shape}: need one label per sample, at least one; {fix}")
+    if tuple(x.shape[1:]) != sample_shape:
+        raise DataError(f"{path}: samples have shape {tuple(x.shape[1:])}, the bundle expects {sample_shape}")
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes infinity, refused just below
+        images = torch.from_numpy(x.astype(np.float32))
+    if not bool(torch.isfinite(images).all()):
+        raise DataError(f"{path}: x holds NaN or infinity (or values beyond float32); clean the data")
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= num_classes:
+        raise DataError(f"{path}: labels span [{low}, {high}], the bundle has classes 0..{num_classes - 1}")
+    return DigitsSplit(images, torch.from_numpy(y.astype(np.int64)))
 
 
 class Batches:

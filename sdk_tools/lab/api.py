@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
@@ -209,6 +210,12 @@ def get_report(db: DB, row_id: Annotated[int, Path(ge=1, le=MAX_ROW_ID)]) -> Rep
     return ReportDetail(summary=summary, report=report)
 
 
+_ROUTING_ERRORS = {
+    404: f"no such endpoint (the API is listed at {API_PREFIX}/openapi.json)",
+    405: f"method not allowed on this endpoint (see {API_PREFIX}/openapi.json)",
+}
+
+
 def _request_error(error: dict[str, Any]) -> str:
     if error.get("type") == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == NO_NUL:
         return "contains a NUL character (U+0000), which the lab cannot store; remove it"
@@ -221,8 +228,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status, exc.message, exc.errors)
 
     @app.exception_handler(HTTPException)
-    async def _http(_request: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code in _ROUTING_ERRORS and message == HTTPStatus(exc.status_code).phrase:
+            # The router's own 404/405 carry only the status phrase: say what was asked and where to look.
+            message = f"{request.method} {request.url.path[:200]}: {_ROUTING_ERRORS[exc.status_code]}"
+        return error_response(exc.status_code, message, headers=exc.headers)
 
     @app.exception_handler(OperationalError)
     async def _database_down(_request: Request, exc: OperationalError) -> JSONResponse:

@@ -8,6 +8,8 @@ from pathlib import Path
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+# Request line + headers. A lab request needs under 2 KiB; without a limit uvicorn buffered a 2 MB header.
+MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_DATA_DIR = Path("memwall_lab")
 
 

@@ -46,7 +46,11 @@ def resolve_factory(spec: str) -> Callable[..., nn.Module]:
 
 
 def build_model(spec: str, **kwargs: Any) -> nn.Module:
-    model = resolve_factory(spec)(**kwargs)
+    factory = resolve_factory(spec)
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:  # the usual user mistake: a keyword the factory does not take (--model-kwargs)
+        raise ValueError(f"model {spec!r} cannot be built with kwargs {kwargs} ({exc}); check --model-kwargs") from exc
     if not isinstance(model, nn.Module):
         raise TypeError(f"model factory {spec!r} returned {type(model).__name__}, expected torch.nn.Module")
     return model

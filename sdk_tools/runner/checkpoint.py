@@ -17,11 +17,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from exporters.bundle import Bundle, atomic_write
+from sdk_tools.runner.session import TORCH_DTYPES
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
-class CheckpointError(Exception):
+class CheckpointError(ValueError):
     """A checkpoint cannot be used; the message says why and what to do."""
 
 
@@ -94,13 +95,18 @@ def write_safetensors(fh: BinaryIO, tensors: dict[str, torch.Tensor], metadata: 
 
 
 def load_checkpoint(path: Path, bundle: Bundle) -> Checkpoint:
+    """Read a checkpoint and check it against ``bundle`` before anything is copied: its manifest hash, its
+    progress counters, every trainable tensor by name, shape and dtype, and that every float tensor is finite.
+    A checkpoint comes back from a device: it is untrusted input like the bundle (docs/security.md)."""
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; train without --resume first")
+        raise CheckpointError(
+            f"no checkpoint at {path}: train the bundle first (memwall train, without --resume) or pass --checkpoint"
+        )
     try:
         with safe_open(str(path), framework="pt") as fh:
             metadata = fh.metadata() or {}
         tensors = load_file(path)
-    except (SafetensorError, ValueError, OSError) as exc:
+    except (SafetensorError, ValueError, OSError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt ({exc}); delete it and train again") from exc
     if metadata.get("format") != "memwall.checkpoint":
         raise CheckpointError(f"{path} is not a memwall checkpoint")
@@ -109,4 +115,59 @@ def load_checkpoint(path: Path, bundle: Bundle) -> Checkpoint:
             f"checkpoint {path} was saved for another bundle (manifest {metadata.get('manifest_sha256', '?')[:12]}..., "
             f"this bundle is {bundle.manifest_sha256[:12]}...); pass the right --checkpoint or start fresh"
         )
-    return Checkpoint(int(metadata["steps"]), int(metadata["data_position"]), tensors, bundle.manifest_sha256)
+    counters = {}
+    for key in ("steps", "data_position"):
+        value = metadata.get(key, "")
+        if not (value.isascii() and value.isdigit() and len(value) < 19):
+            raise CheckpointError(f"checkpoint {path}: metadata {key!r} is {value!r}, not a step count; delete it")
+        counters[key] = int(value)
+    check_tensors(tensors, bundle, path)
+    return Checkpoint(counters["steps"], counters["data_position"], tensors, bundle.manifest_sha256)
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], bundle: Bundle, path: Path) -> None:
+    for spec in bundle.manifest.trainable:
+        tensor = tensors.get(spec.name)
+        if tensor is None:
+            raise CheckpointError(f"checkpoint {path} lacks trainable {spec.name!r}: not this bundle's; delete it")
+        if list(tensor.shape) != spec.shape or tensor.dtype != TORCH_DTYPES[spec.dtype]:
+            raise CheckpointError(
+                f"checkpoint {path}: {spec.name!r} is {_describe(tensor)}, the bundle's is {spec.dtype} {spec.shape}; "
+                "it is not this bundle's, delete it"
+            )
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"checkpoint {path}: {name!r} holds NaN or infinity (a diverged run saved it, or it was altered); "
+                "delete it and train again"
+            )
+
+
+def _describe(tensor: torch.Tensor) -> str:
+    return f"{str(tensor.dtype).removeprefix('torch.')} {list(tensor.shape)}"
+
+
+def copy_checked(destinations: dict[str, torch.Tensor], sources: dict[str, torch.Tensor]) -> None:
+    """``destinations[name].copy_(sources[name])`` for every name, once every pair is checked: present, same shape,
+    same dtype. ``copy_`` alone would broadcast a [1] tensor over a whole weight or cast silently, and a check
+    failing halfway would leave a half-restored session."""
+    for name, dst in destinations.items():
+        src = sources.get(name)
+        if src is None:
+            raise CheckpointError(
+                f"checkpoint lacks {name!r}: it belongs to another bundle or optimizer; pass the right --checkpoint "
+                "or train without --resume"
+            )
+        if src.shape != dst.shape or src.dtype != dst.dtype:
+            raise CheckpointError(
+                f"checkpoint tensor {name!r} is {_describe(src)}, the session's is {_describe(dst)}: it belongs to "
+                "another bundle; pass the right --checkpoint or train without --resume"
+            )
+    with torch.no_grad():
+        for name, dst in destinations.items():
+            dst.copy_(sources[name])
+
+
+def all_finite(tensors: dict[str, torch.Tensor]) -> bool:
+    """Whether every float tensor is free of NaN and infinity (what a checkpoint may hold)."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point())

@@ -30,6 +30,7 @@ from executorch.extension.pybindings.portable_lib import (
 from exporters.bundle import Bundle, BundleError
 from exporters.config import OptimizerConfig
 from exporters.techniques.fused_update import LR_INPUT, STATE_PREFIX
+from sdk_tools.runner.checkpoint import copy_checked
 from sdk_tools.runner.isolation import run_forked
 from sdk_tools.runner.optim import Optimizer
 from sdk_tools.runner.session import TORCH_DTYPES, TrainingSession
@@ -214,18 +215,10 @@ class ExecuTorchSession(TrainingSession):
         }
 
     def load_state_tensors(self, steps: int, tensors: dict[str, torch.Tensor]) -> None:
-        params = self.parameters()
-        missing = [name for name in params if name not in tensors]
-        if missing:
-            raise ValueError(f"checkpoint lacks parameters {missing[:3]}: it belongs to another bundle")
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(tensors[name])
+        _, live = self.state_tensors()  # the runtime's own tensors and the optimizer's state, by checkpoint name
+        copy_checked(live, tensors)
         assert self.optimizer is not None
-        prefix = "optimizer/"
-        self.optimizer.load_state(
-            steps, {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-        )
+        self.optimizer.steps = steps
 
 
 class FusedExecuTorchSession(ExecuTorchSession):
@@ -314,13 +307,5 @@ class FusedExecuTorchSession(ExecuTorchSession):
         return self.steps, dict(self._state())
 
     def load_state_tensors(self, steps: int, tensors: dict[str, torch.Tensor]) -> None:
-        buffers = self._state()
-        missing = [name for name in buffers if name not in tensors]
-        if missing:
-            raise ValueError(
-                f"checkpoint lacks {missing[:3]}: it belongs to another bundle or was saved with another optimizer"
-            )
-        with torch.no_grad():
-            for name, tensor in buffers.items():
-                tensor.copy_(tensors[name])
+        copy_checked(self._state(), tensors)
         self.steps = steps

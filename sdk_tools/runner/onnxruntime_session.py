@@ -26,6 +26,7 @@ import torch
 
 from exporters.bundle import Bundle, BundleError, atomic_write_bytes
 from exporters.config import OptimizerConfig
+from sdk_tools.runner.checkpoint import CheckpointError, copy_checked
 from sdk_tools.runner.optim import Optimizer
 from sdk_tools.runner.session import InputError, TrainingSession
 
@@ -101,6 +102,9 @@ class OnnxRuntimeSession(TrainingSession):
             # The learning rate is session state in ORT (default 1e-3), not part of the optimizer model.
             self._ort_optimizer.set_learning_rate(self.config.lr)
         self._params = {name: torch.from_numpy(self.state.parameters[name].data) for name in self._names}
+        shapes = {name: list(p.shape) for name, p in self._params.items()}
+        if shapes != {p.name: p.shape for p in self.manifest.trainable}:
+            raise BundleError("the ONNX Runtime checkpoint's parameters differ from the manifest's; re-export")
         self._grads = {name: torch.from_numpy(self.state.parameters[name].grad) for name in self._names}
         self._app_optimizer = None if self._runtime_optimizer else Optimizer(self.config, self._params)
 
@@ -167,25 +171,23 @@ class OnnxRuntimeSession(TrainingSession):
             return data
 
     def load_state_tensors(self, steps: int, tensors: dict[str, torch.Tensor]) -> None:
-        missing = [name for name in self._names if name not in tensors]
-        if missing:
-            raise ValueError(f"checkpoint lacks parameters {missing[:3]}: it belongs to another bundle")
         if self._app_optimizer is not None:
-            with torch.no_grad():
-                for name, param in self._params.items():
-                    param.copy_(tensors[name])
-            prefix = OPTIMIZER_PREFIX
-            self._app_optimizer.load_state(
-                steps, {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-            )
+            copy_checked(self.state_tensors()[1], tensors)
+            self._app_optimizer.steps = steps
         else:
-            if ORT_CHECKPOINT_KEY not in tensors:
-                raise ValueError(f"checkpoint lacks {ORT_CHECKPOINT_KEY}: it was saved by another runner")
+            state = tensors.get(ORT_CHECKPOINT_KEY)
+            if state is None or state.dtype != torch.uint8 or state.dim() != 1:
+                raise CheckpointError(f"checkpoint lacks {ORT_CHECKPOINT_KEY} as bytes: it was saved by another runner")
             # ORT restores its optimizer state only when a session is created from the checkpoint.
             with tempfile.TemporaryDirectory(prefix="memwall-ort-") as tmp:
                 path = Path(tmp, "checkpoint")
-                path.write_bytes(tensors[ORT_CHECKPOINT_KEY].numpy().tobytes())
-                self._open(path)
+                path.write_bytes(state.numpy().tobytes())
+                try:
+                    self._open(path)
+                except (BundleError, KeyError) as exc:
+                    raise CheckpointError(
+                        f"the checkpoint's ONNX Runtime state is unreadable or another bundle's ({exc}); delete it"
+                    ) from exc
         self.steps = steps
 
 

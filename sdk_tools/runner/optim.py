@@ -72,13 +72,3 @@ class Optimizer:
         bias_correction2 = 1 - beta2**self.steps
         denom = torch.sqrt(exp_avg_sq, out=self._scratch(p)).div_(math.sqrt(bias_correction2)).add_(c.eps)
         p.addcdiv_(exp_avg, denom, value=-c.lr / bias_correction1)
-
-    def load_state(self, steps: int, state: dict[str, torch.Tensor]) -> None:
-        missing = set(self.state) - set(state)
-        if missing:
-            raise ValueError(
-                f"checkpoint lacks optimizer state {sorted(missing)[:3]}: it was saved with another optimizer"
-            )
-        for key, value in self.state.items():
-            value.copy_(state[key])
-        self.steps = steps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -11,11 +12,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from exporters.bundle import Bundle, BundleError, UntrustedCodeError
+from exporters.bundle import Bundle, UntrustedCodeError
 from exporters.losses import encode_labels
 from sdk_tools.data.digits import DigitsSplit
 from sdk_tools.data.loading import Batches, eval_batches, load_dataset
-from sdk_tools.runner.checkpoint import Checkpoint, default_checkpoint_path, load_checkpoint, save_checkpoint
+from sdk_tools.runner.checkpoint import (
+    Checkpoint,
+    all_finite,
+    default_checkpoint_path,
+    load_checkpoint,
+    save_checkpoint,
+)
 from sdk_tools.runner.session import TrainingSession, label_encoding
 
 
@@ -34,6 +41,11 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.steps < 1 or self.checkpoint_every < 0:
+            raise ValueError(
+                f"steps must be at least 1 and checkpoint_every at least 0 (0: at the end only), got {self.steps} "
+                f"and {self.checkpoint_every}"
+            )
         if self.eval_samples is not None and self.eval_samples < 1:
             raise ValueError(f"eval_samples must be at least 1, got {self.eval_samples} (or None: the whole split)")
         if self.eval_samples is not None and not self.eval_split:
@@ -44,11 +56,14 @@ class TrainConfig:
 class TrainResult:
     steps_run: int
     total_steps: int
-    losses: list[float] = field(default_factory=list)
+    losses: list[float | None] = field(default_factory=list)  # None: the loss was not finite (the report's null)
     step_times_s: list[float] = field(default_factory=list)
     accuracy_before: float | None = None
     accuracy_after: float | None = None
     checkpoint: str | None = None
+    # The step whose loss or weights stopped being finite: training stopped there and the checkpoint on disk is
+    # the last one saved before it (never overwritten with NaN weights).
+    diverged_at_step: int | None = None
 
     @property
     def steps_per_second(self) -> float:
@@ -141,27 +156,41 @@ def train(
         started = time.perf_counter()
         step_loss, _ = session.train_step(micro_batches)
         result.step_times_s.append(time.perf_counter() - started)
-        result.losses.append(step_loss)
+        finite = math.isfinite(step_loss)
+        result.losses.append(step_loss if finite else None)
         position += micro
         result.steps_run += 1
         result.total_steps = start_step + i + 1
+        if not finite:
+            result.diverged_at_step = result.total_steps
+            break
         bar.set_postfix(loss=f"{step_loss:.4f}")
         if config.checkpoint_every and result.total_steps % config.checkpoint_every == 0:
             phase("checkpoint")
-            _save(session, bundle, checkpoint_path, position)
+            if not _save(session, bundle, checkpoint_path, position):
+                result.diverged_at_step = result.total_steps
+                break
             phase("train")
-    phase("checkpoint")
-    _save(session, bundle, checkpoint_path, position)
-    result.checkpoint = str(checkpoint_path)
-    if eval_data is not None:
+    bar.close()
+    if result.diverged_at_step is None:
+        phase("checkpoint")
+        if not _save(session, bundle, checkpoint_path, position):
+            result.diverged_at_step = result.total_steps
+    result.checkpoint = str(checkpoint_path) if checkpoint_path.is_file() else None
+    if eval_data is not None and result.diverged_at_step is None:
         phase("evaluate_after")
         result.accuracy_after = evaluate(session, eval_data)
     return result
 
 
-def _save(session: TrainingSession, bundle: Bundle, path: Path, position: int) -> None:
+def _save(session: TrainingSession, bundle: Bundle, path: Path, position: int) -> bool:
+    """Save unless a weight or optimizer state is not finite (a non-finite gradient got through the update):
+    then the checkpoint on disk stays the last good one. Returns whether it saved."""
     steps, tensors = session.state_tensors()
+    if not all_finite(tensors):
+        return False
     save_checkpoint(path, Checkpoint(steps, position, tensors, bundle.manifest_sha256))
+    return True
 
 
 def load_trained_weights(model: torch.nn.Module, bundle: Bundle, checkpoint: Path | None = None) -> torch.nn.Module:
@@ -198,11 +227,7 @@ def rebuild_trained_model(
         raise ValueError("the manifest names no model spec; export with --model (or ModelSpec) to pull a merged model")
     if spec not in REFERENCE_MODELS and not trust_code:
         raise UntrustedCodeError(bundle.directory, "the model factory", spec)
-    kwargs = bundle.manifest.model.get("kwargs", {})
-    try:
-        model = build_model(spec, **kwargs)
-    except TypeError as exc:
-        raise BundleError(f"the manifest's model {spec!r} does not take kwargs {kwargs}: {exc}; re-export") from exc
+    model = build_model(spec, **bundle.manifest.model.get("kwargs", {}))
     model.load_state_dict(base)
     transformed = apply_model_techniques(model, TrainingPlan.model_transforms(bundle.manifest.techniques))
     load_trained_weights(transformed, bundle, checkpoint)

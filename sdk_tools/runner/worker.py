@@ -103,7 +103,7 @@ def measure(request_path: str, result_path: str) -> int:
         },
         "threads": threads,
     }
-    Path(result_path).write_text(json.dumps(output))
+    Path(result_path).write_text(json.dumps(output, allow_nan=False))
     return 0
 
 

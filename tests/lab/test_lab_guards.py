@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from sdk_tools.lab.examples import example_report
@@ -64,3 +66,27 @@ def test_nul_in_a_name_or_filter_is_a_clear_422(api, rows) -> None:
     assert answer.status == 422 and "NUL character" in answer.body["message"]
     assert api.get("/api/v1/reports?model=a%00b").status == 422
     assert rows.snapshot() == before
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 2_000_000 + b"\r\n\r\n",
+        b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\n" + b"X-A: b\r\n" * 20_000 + b"\r\n",
+        b"GET /api/v1/reports?model=" + b"a" * 200_000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    ],
+    ids=["2 MB header", "20,000 headers", "200 kB URL"],
+)
+def test_oversized_request_heads_are_refused(request_bytes, lab_server, api) -> None:
+    with socket.create_connection(("127.0.0.1", lab_server.port), timeout=30) as connection:
+        connection.sendall(request_bytes)
+        answer = connection.recv(200)
+    assert answer.startswith(b"HTTP/1.1 4"), answer
+    assert api.get("/api/v1/health").status == 200
+
+
+def test_unknown_endpoints_and_methods_say_where_to_look(api) -> None:
+    missing = api.get("/api/v2/reports")
+    assert missing.status == 404 and missing.body["message"].startswith("GET /api/v2/reports: no such endpoint")
+    wrong = api.post("/api/v1/health", b"{}")
+    assert wrong.status == 405 and "openapi.json" in wrong.body["message"]

@@ -7,6 +7,7 @@ import android.os.Debug
 import dev.memwall.core.Bundle
 import dev.memwall.core.Checkpoint
 import dev.memwall.core.DeviceInfo
+import dev.memwall.core.Json
 import dev.memwall.core.LabClient
 import dev.memwall.core.MemoryRecord
 import dev.memwall.core.MemorySample
@@ -18,6 +19,7 @@ import dev.memwall.core.RunError
 import dev.memwall.core.RunJournal
 import dev.memwall.core.RunRecord
 import dev.memwall.core.Trainer
+import dev.memwall.core.atomicWrite
 import java.io.File
 import java.util.UUID
 
@@ -63,8 +65,11 @@ class DemoState(private val context: Context) {
         )
     }
 
-    /** Queues [report] for the lab when registered; it is always kept as a file under reports/ as well. */
+    /** Keeps [report] under files/reports/ and queues it for the lab when this phone is registered with one. */
     fun submit(report: Map<String, Any?>) {
+        @Suppress("UNCHECKED_CAST")
+        val reportId = (report["run"] as Map<String, Any?>)["report_id"] as String
+        atomicWrite(File(context.filesDir, "reports/$reportId.json"), Json.write(report).toByteArray())
         val url = labUrl
         val token = token
         if (url != null && token != null) queue.enqueue(url, token, report)

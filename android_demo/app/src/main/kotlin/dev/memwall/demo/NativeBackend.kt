@@ -35,7 +35,7 @@ class NativeBackend(bundle: Bundle) : TrainingBackend {
     }
 
     override fun predict(input: FloatArray): FloatArray =
-        FloatArray(manifest.batchSize * manifest.classes.size).also { NativeCore.predict(handle, input, it) }
+        FloatArray(manifest.callBatch * manifest.classes.size).also { NativeCore.predict(handle, input, it) }
 
     override fun saveCheckpoint(file: File, dataPosition: Long) = NativeCore.saveCheckpoint(handle, file.absolutePath, dataPosition)
 

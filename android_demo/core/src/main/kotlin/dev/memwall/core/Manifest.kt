@@ -34,6 +34,9 @@ class Manifest(
     /** sha256 of the manifest.json bytes: checkpoints and reports name their bundle by it. */
     val sha256: String,
 ) {
+    /** Samples per call of the train method: the input's batch dimension (batch_size / micro_batches). */
+    val callBatch: Int get() = input.shape[0].toInt()
+
     companion object {
         const val SCHEMA_VERSION = 1L
         val BACKENDS = setOf("executorch", "onnxruntime")
@@ -133,6 +136,9 @@ class Bundle private constructor(val directory: File, val manifest: Manifest) {
             throw BundleError("${support.name} cannot apply the optimizer of ${m.name} (it runs in '${m.optimizerRunsIn}'): $fix")
         }
         if (m.input.dtype != "float32") throw BundleError("input dtype ${m.input.dtype} is not float32; the app draws float images")
+        if (m.labels.dtype != "int64") {
+            throw BundleError("labels are ${m.labels.dtype}; the app labels drawings with class indices: re-export with --loss cross_entropy")
+        }
         if (m.trainable.any { it.dtype != "float32" }) throw BundleError("trainable parameters must be float32 for the app's optimizer; re-export without them")
     }
 

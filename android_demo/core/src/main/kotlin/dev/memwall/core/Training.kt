@@ -144,11 +144,11 @@ class Trainer(val manifest: Manifest, val backend: TrainingBackend, private val 
     }
 
     private fun nextBatch(): Batch {
-        val per = manifest.input.numel.toInt() / manifest.batchSize
-        val input = FloatArray(per * manifest.batchSize)
-        val labels = LongArray(manifest.batchSize)
-        for (i in 0 until manifest.batchSize) {
-            val (x, y) = samples[((dataPosition * manifest.batchSize + i) % samples.size).toInt()]
+        val per = manifest.input.numel.toInt() / manifest.callBatch
+        val input = FloatArray(per * manifest.callBatch)
+        val labels = LongArray(manifest.callBatch)
+        for (i in 0 until manifest.callBatch) {
+            val (x, y) = samples[((dataPosition * manifest.callBatch + i) % samples.size).toInt()]
             x.copyInto(input, i * per)
             labels[i] = y.toLong()
         }
@@ -159,12 +159,12 @@ class Trainer(val manifest: Manifest, val backend: TrainingBackend, private val 
     /** Fraction of [test] whose predicted class is the label; batches padded by repeating the last sample. */
     fun accuracy(test: List<Pair<FloatArray, Int>>): Double {
         if (test.isEmpty()) return 0.0
-        val per = manifest.input.numel.toInt() / manifest.batchSize
+        val per = manifest.input.numel.toInt() / manifest.callBatch
         val classes = manifest.classes.size
         var correct = 0
-        for (chunk in test.chunked(manifest.batchSize)) {
-            val input = FloatArray(per * manifest.batchSize)
-            for (i in 0 until manifest.batchSize) chunk[minOf(i, chunk.size - 1)].first.copyInto(input, i * per)
+        for (chunk in test.chunked(manifest.callBatch)) {
+            val input = FloatArray(per * manifest.callBatch)
+            for (i in 0 until manifest.callBatch) chunk[minOf(i, chunk.size - 1)].first.copyInto(input, i * per)
             val logits = backend.predict(input)
             chunk.forEachIndexed { i, (_, label) ->
                 var best = 0

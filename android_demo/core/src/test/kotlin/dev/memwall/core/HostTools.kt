@@ -47,7 +47,8 @@ object HostTools {
         return output.toString()
     }
 
-    private fun hostDevice(deviceId: String): DeviceInfo {
+    /** This machine as the report's device (the app uses android.os.Build instead). */
+    fun hostDevice(deviceId: String): DeviceInfo {
         val ram = File("/proc/meminfo").readLines().first { it.startsWith("MemTotal:") }.split(Regex("\\s+"))[1].toLong() * 1024
         return DeviceInfo(deviceId, "host", "unknown", "linux", System.getProperty("os.version"), ram, System.getProperty("os.arch"))
     }

@@ -51,9 +51,11 @@ class ReportTest {
         val live = MemoryStatus.read()
         assertTrue(live.rssBytes > 0 && live.hwmBytes >= live.rssBytes)
         MemorySampler(intervalMs = 5).use { sampler ->
-            Thread.sleep(30)
+            // The sampling thread's own samples; on a loaded machine it may take a while to be scheduled.
+            val deadline = System.nanoTime() + 10_000_000_000L
+            while (sampler.samples().size < 2 && System.nanoTime() < deadline) Thread.sleep(10)
             val samples = sampler.samples()
-            assertTrue(samples.size >= 2)
+            assertTrue("${samples.size} samples", samples.size >= 2)
             // VmHWM is the kernel's high-water mark: never below a resident size sampled before it.
             assertTrue(sampler.peakBytes() >= samples.maxOf { it.rssBytes })
         }
