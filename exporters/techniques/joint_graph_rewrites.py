@@ -42,6 +42,7 @@ def rewrite_joint_graph(
 ) -> tuple[ExportedProgram, list[dict[str, Any]]]:
     """``joint`` with every applicable rewrite done (default: all of ExecuTorch's), and the techniques applied."""
     if rewrites is None:
+        from exporters.techniques.attention_backward import ATTENTION_BACKWARD
         from exporters.techniques.avgpool_backward import ADAPTIVE_AVGPOOL_BACKWARD, AVGPOOL_BACKWARD
         from exporters.techniques.conv_backward import CONV_BACKWARD
         from exporters.techniques.empty_permuted import EMPTY_PERMUTED
@@ -59,6 +60,7 @@ def rewrite_joint_graph(
             ADAPTIVE_AVGPOOL_BACKWARD,
             EMPTY_PERMUTED,
             CONV_BACKWARD,
+            ATTENTION_BACKWARD,
         )
     counts: dict[str, int] = {}
     table: dict[OpOverload, Callable[..., Any]] = {}
