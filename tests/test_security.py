@@ -153,6 +153,14 @@ def test_onnx_external_data_initializer_is_refused(ort_bundle: Path, tmp_path: P
         load_bundle(bundle)
 
 
+def test_unlisted_checkpoint_external_data_is_refused(ort_bundle: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(ort_bundle, tmp_path)
+    load_bundle(bundle)
+    (bundle / "checkpoint.data").write_bytes(b"\0" * 64)
+    with pytest.raises(BundleError, match="does not list it"):
+        load_bundle(bundle)
+
+
 def test_symlinked_artifact_and_manifest_are_refused(et_bundle: Path, tmp_path: Path) -> None:
     bundle = copy_bundle(et_bundle, tmp_path)
     outside = tmp_path / "outside.pte"
