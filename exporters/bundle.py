@@ -108,6 +108,8 @@ class Manifest:
     techniques: list[dict[str, Any]] = field(default_factory=list)
     backend_options: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # Added within schema v1 (optional: manifests written before it read as None): exporters/verify.py.
+    verification: dict[str, Any] | None = None
 
     @property
     def batch_size(self) -> int:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import json
+import os
 import shutil
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,7 @@ from torch import nn
 
 from exporters.backend import BackendArtifacts, backend_exporter
 from exporters.bundle import (
+    MANIFEST_NAME,
     Bundle,
     Manifest,
     MemoryEstimate,
@@ -33,6 +38,7 @@ from exporters.techniques.fused_update import FusedUpdateConfig
 from exporters.techniques.recompute import RecomputeConfig
 from exporters.techniques.speed_routes import SpeedConfig
 from exporters.training_graph import MODEL_PREFIX, prepare_for_training_export
+from exporters.verify import SKIPPED, Tolerance, verify_training
 
 DTYPE_NAMES = {torch.float32: "float32", torch.int64: "int64", torch.float16: "float16", torch.int32: "int32"}
 
@@ -124,19 +130,23 @@ def export_bundle(
     fused_update: FusedUpdateConfig | None = None,
     speed: SpeedConfig | None = None,
     overwrite: bool = False,
+    verify: bool = True,
+    tolerance: Tolerance | None = None,
 ) -> Bundle:
     """Export ``model`` for on-device training; parameters with ``requires_grad=False`` stay frozen.
 
     The model is copied and prepared as it trains on device (BatchNorm frozen, eval mode); the original is
     not modified. ``speed``: ExecuTorch speed routes (off unless given; ``SpeedConfig()`` takes each where it
     applies; the manifest's ``techniques`` lists those that did).
+
+    The bundle is written into a staging directory beside ``out_dir``. With ``verify`` (default) its training
+    method then runs once in the real runtime against eager PyTorch (``exporters.verify``): a mismatch beyond
+    ``tolerance`` raises ``VerificationError`` and nothing is kept. Only a complete bundle moves to ``out_dir``;
+    ``overwrite`` replaces an existing bundle there (never a directory that is not one) once the new one is done.
     """
     optimizer = optimizer or OptimizerConfig()
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--force) to replace it")
-        shutil.rmtree(out)
+    check_destination(out, overwrite)
     if batch_size < 1 or batch_size % micro_batches:
         raise ValueError(f"batch size {batch_size} must be a positive multiple of micro_batches {micro_batches}")
     if fused_update is not None and micro_batches > 1:
@@ -178,53 +188,129 @@ def export_bundle(
         techniques.append({"name": "fused_update", "config": fused_update.to_json()})
     if speed is not None and speed.enabled:
         exporter = functools.partial(exporter, speed=speed)
-    artifacts = exporter(prepared, loss_spec, inputs, labels, optimizer, out)
-    techniques += artifacts.techniques
-    roles = dict(artifacts.files)
-    if artifacts.memory_profile is not None:
-        profile = json.dumps(artifacts.memory_profile.to_json(), separators=(",", ":")).encode()
-        atomic_write_bytes(out / PROFILE_FILE, profile)
-        roles["memory_profile"] = PROFILE_FILE
-    files = {role: file_entry(out, path) for role, path in roles.items()}
-    params = dict(prepared.named_parameters())
-    trainable_specs = []
-    for runtime_name in artifacts.trainable_names:
-        p = params[runtime_name.removeprefix(MODEL_PREFIX)]
-        trainable_specs.append(ParameterSpec(runtime_name, list(p.shape), DTYPE_NAMES[p.dtype], p.numel()))
     spec = model_spec or ModelSpec()
-    manifest = Manifest(
-        name=name or f"{spec.spec or type(model).__name__}-{backend}",
-        backend=backend,
-        created_by=f"memwall {_version()}",
-        files=files,
-        inputs=[TensorSpec("input", [step_batch, *sample_shape], "float32")],
-        labels=TensorSpec("label", list(labels.shape), DTYPE_NAMES[labels.dtype]),
-        outputs=[
-            TensorSpec("loss", [], "float32"),
-            TensorSpec("logits", [step_batch, num_classes], "float32"),
-        ],
-        classes=classes,
-        loss=loss_spec.name,
-        trainable=trainable_specs,
-        frozen_parameter_count=sum(p.numel() for p in prepared.parameters() if not p.requires_grad),
-        optimizer=optimizer.to_json(),
-        training={"batch_size": batch_size, "micro_batches": micro_batches},
-        methods=artifacts.methods,
-        memory=estimate_memory(
-            artifacts, prepared, optimizer, sum(files[role].bytes for role in artifacts.files), micro_batches
-        ),
-        model={
-            "spec": spec.spec,
-            "kwargs": spec.kwargs,
-            "parameters": sum(p.numel() for p in prepared.parameters()),
-            "trainable_parameters": sum(s.numel for s in trainable_specs),
-        },
-        techniques=techniques,
-        backend_options=artifacts.backend_options,
-    )
-    write_manifest(out, manifest)
+    reference = copy.deepcopy(prepared) if verify else prepared  # exporters may not leave the model as it was
+    with staged(out) as stage:  # the bundle moves to ``out`` only once complete (and verified)
+        artifacts = exporter(prepared, loss_spec, inputs, labels, optimizer, stage)
+        techniques += artifacts.techniques
+        roles = dict(artifacts.files)
+        if artifacts.memory_profile is not None:
+            profile = json.dumps(artifacts.memory_profile.to_json(), separators=(",", ":")).encode()
+            atomic_write_bytes(stage / PROFILE_FILE, profile)
+            roles["memory_profile"] = PROFILE_FILE
+        files = {role: file_entry(stage, path) for role, path in roles.items()}
+        params = dict(prepared.named_parameters())
+        trainable_specs = []
+        for runtime_name in artifacts.trainable_names:
+            p = params[runtime_name.removeprefix(MODEL_PREFIX)]
+            trainable_specs.append(ParameterSpec(runtime_name, list(p.shape), DTYPE_NAMES[p.dtype], p.numel()))
+        manifest = Manifest(
+            name=name or f"{spec.spec or type(model).__name__}-{backend}",
+            backend=backend,
+            created_by=f"memwall {_version()}",
+            files=files,
+            inputs=[TensorSpec("input", [step_batch, *sample_shape], "float32")],
+            labels=TensorSpec("label", list(labels.shape), DTYPE_NAMES[labels.dtype]),
+            outputs=[
+                TensorSpec("loss", [], "float32"),
+                TensorSpec("logits", [step_batch, num_classes], "float32"),
+            ],
+            classes=classes,
+            loss=loss_spec.name,
+            trainable=trainable_specs,
+            frozen_parameter_count=sum(p.numel() for p in prepared.parameters() if not p.requires_grad),
+            optimizer=optimizer.to_json(),
+            training={"batch_size": batch_size, "micro_batches": micro_batches},
+            methods=artifacts.methods,
+            memory=estimate_memory(
+                artifacts, prepared, optimizer, sum(files[role].bytes for role in artifacts.files), micro_batches
+            ),
+            model={
+                "spec": spec.spec,
+                "kwargs": spec.kwargs,
+                "parameters": sum(p.numel() for p in prepared.parameters()),
+                "trainable_parameters": sum(s.numel for s in trainable_specs),
+            },
+            techniques=techniques,
+            backend_options=artifacts.backend_options,
+        )
+        verification = SKIPPED
+        if verify:
+            _log("verifying: one training step in the runtime against eager PyTorch")
+            result = verify_training(Bundle(stage, manifest, ""), reference, loss_spec, optimizer, tolerance=tolerance)
+            verification = result.to_json()
+            worst = result.largest
+            _log(f"verified in {result.seconds:.1f} s (largest error {worst.relative:.2g} of {worst.name}'s scale)")
+        write_manifest(stage, replace(manifest, verification=verification))
     _log(f"wrote {out} (planned arena {manifest.memory.planned_arena_bytes / 2**20:.1f} MiB)")
     return load_bundle(out)
+
+
+def check_destination(out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an ``out`` that holds something an export must not replace: anything but an
+    empty directory, or with ``overwrite`` (``--force``) a memwall bundle."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise FileExistsError(f"{out} exists and is not a directory (or is a symlink); choose another output directory")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--force) to replace the bundle")
+    if not is_bundle_directory(out):
+        raise FileExistsError(
+            f"{out} is not empty and is not a memwall bundle (no memwall {MANIFEST_NAME}): --force replaces only a "
+            "bundle; choose another output directory"
+        )
+
+
+def is_bundle_directory(path: Path) -> bool:
+    """Whether ``path`` holds a manifest memwall wrote (any schema version, valid or not)."""
+    try:
+        data = json.loads((path / MANIFEST_NAME).read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "schema_version" in data and str(data.get("created_by", "")).startswith("memwall")
+
+
+@contextlib.contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A fresh directory beside ``out`` to build a bundle in; when the block completes it replaces ``out``
+    (``replace_directory``), when it fails it is deleted and ``out`` is left as it was."""
+    out = out.absolute()  # "." has no name to stage beside
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
+    try:
+        yield stage
+        replace_directory(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # gone already once it became ``out``
+
+
+def replace_directory(new: Path, out: Path) -> None:
+    """Move the complete bundle ``new`` to ``out``: the old one is renamed away first, deleted only once the new
+    one is in place (put back if the move fails). Both live in the same parent: the renames are atomic."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    _fsync_directory(out.parent)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _version() -> str:

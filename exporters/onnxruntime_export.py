@@ -55,8 +55,10 @@ from exporters.techniques.onnx_recompute import (
     allocated_bytes,
     recompute_training_graph,
 )
+from exporters.techniques.onnx_symbolics import onnx_training_symbolics
 from exporters.techniques.recompute import RecomputeConfig
 from exporters.training_graph import MODEL_PREFIX, TrainStep, trainable_parameters
+from exporters.verify import UnsupportedOperatorError, runtime_version
 
 OPSET = 17
 BATCH_DIM = "batch"
@@ -191,14 +193,14 @@ def _native_stderr_to(path: Path) -> Iterator[None]:
             os.close(saved)
 
 
-def _no_gradient_error(exc: RuntimeError) -> ValueError | None:
+def _no_gradient_error(exc: RuntimeError) -> UnsupportedOperatorError | None:
     match = re.search(r"gradient builder has not been registered: (\S+) for node (\S+)", str(exc))
     if match is None:
         return None
     op, node = match.groups()
-    return ValueError(
-        f"ONNX Runtime has no gradient for op {op} (node {node}), which lies between the loss and a "
-        f"trainable parameter. Freeze the parameters before it (requires_grad=False) so no gradient flows "
+    return UnsupportedOperatorError(
+        f"{runtime_version('onnxruntime')} has no gradient for op {op} (node {node}), which lies between the loss "
+        f"and a trainable parameter. Freeze the parameters before it (requires_grad=False) so no gradient flows "
         f"through {op}, replace it with ops ONNX Runtime can differentiate, or use the executorch backend."
     )
 
@@ -344,7 +346,8 @@ def export_onnxruntime(
     trainable = [MODEL_PREFIX + name for name in trainable_parameters(model)]
     if not trainable:
         raise ValueError("no parameter requires grad: nothing to train; unfreeze at least one parameter")
-    graph = export_forward_graph(model, loss, inputs, labels)
+    with onnx_training_symbolics(OPSET) as rewrites:  # ops ORT has no gradient for, as primitive ops
+        graph = export_forward_graph(model, loss, inputs, labels)
     initializers = [init.name for init in graph.graph.initializer]
     renamed = sorted(set(trainable) - set(initializers))
     if renamed:
@@ -413,6 +416,7 @@ def export_onnxruntime(
         runtime_overhead_bytes=memory.runtime_overhead_bytes,
         optimizer_state_tensors=state_tensors,
         accumulates_gradients=True,  # micro-batches add up in ORT's gradient buffers
+        techniques=rewrites,
         backend_options={
             "opset": OPSET,
             "model_format": "onnx",

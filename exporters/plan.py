@@ -146,8 +146,9 @@ def export_plan(
     name: str | None = None,
     model_spec: ModelSpec | None = None,
     overwrite: bool = False,
+    verify: bool = True,
 ) -> Bundle:
-    """Export ``model`` with every technique of ``plan`` baked in."""
+    """Export ``model`` with every technique of ``plan`` baked in (``verify``: see ``export_bundle``)."""
     return export_bundle(
         apply_model_techniques(model, plan),
         out_dir,
@@ -165,4 +166,5 @@ def export_plan(
         fused_update=plan.fused_update,
         speed=plan.speed,
         overwrite=overwrite,
+        verify=verify,
     )

@@ -143,6 +143,7 @@ def _export_model(args: argparse.Namespace, out: str | Path) -> Bundle:
         name=getattr(args, "name", None),
         model_spec=ModelSpec(args.model, args.model_kwargs),
         overwrite=getattr(args, "force", False),
+        verify=getattr(args, "verify", True),
     )
 
 
@@ -161,6 +162,7 @@ def _planner(args: argparse.Namespace) -> Any:
         loss=args.loss,
         speed=_speed(args),
         lossless=args.lossless,
+        workers=2 if (os.cpu_count() or 1) > 1 else 1,  # two lanes: the full batch and micro-batches
     )
 
 
@@ -171,14 +173,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         import shutil
 
         from exporters.bundle import load_bundle
+        from exporters.export import check_destination, staged
 
-        report = _planner(args).search(args.budget, margin=args.margin, top=1)
         out = Path(args.out)
-        if out.exists() and any(out.iterdir()):
-            if not args.force:
-                raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
-            shutil.rmtree(out)
-        shutil.copytree(report.fitting[0].bundle.directory, out, dirs_exist_ok=True)
+        check_destination(out, args.force)
+        report = _planner(args).search(args.budget, margin=args.margin, top=1)
+        with staged(out) as stage:  # the old bundle stays until the new one is complete
+            shutil.copytree(report.fitting[0].bundle.directory, stage, dirs_exist_ok=True)
         bundle = load_bundle(out)
         print(f"plan for {args.budget / 2**20:.1f} MiB: {report.fitting[0].plan.describe()}", file=sys.stderr)
     if args.json:
@@ -526,7 +527,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lossless", action="store_true", help="with --budget: never store frozen weights as int8")
     p.add_argument("--name", help="bundle name (default: model-backend)")
     p.add_argument("--out", required=True, help="bundle directory to write")
-    p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing bundle (only a bundle, once the new one is complete)"
+    )
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip running one training step in the runtime against eager PyTorch (README: Verified export)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
 

@@ -17,21 +17,28 @@ formula: each candidate is exported into a cache directory, so asking again (ano
   because it is the one lossy step and can cost arena where backward crosses a frozen layer.
 
 A plan fits when its predicted peak is at most ``budget * (1 - margin)``: the margin covers prediction error.
+A budget below ``lower_bound_bytes`` (the runtime's fixed cost plus every weight stored as int8) is refused before
+anything is exported (100 KB for MobileNetV2 x0.5 at 32x32 took more than 10 minutes of exports to refuse:
+benchmarks/RESULTS-export-time.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import multiprocessing
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from exporters.bundle import Bundle, BundleError, load_bundle
 from exporters.config import OptimizerConfig
+from exporters.edge_program import open_shared_traces, shared_traces
 from exporters.export import ModelSpec
 from exporters.plan import TrainingPlan, export_plan
 from exporters.techniques.freeze import FreezeConfig, numbered_blocks, parameter_block
@@ -159,10 +166,15 @@ class Planner:
     loss: str = "cross_entropy"
     speed: SpeedConfig | None = None  # speed routes every candidate is exported with
     lossless: bool = False  # True: never store frozen weights as int8
+    # Processes exporting candidates side by side: a set's fastest and leanest variants (different batch shapes)
+    # export at once, and each process keeps the traces of its batch shape for the variants after them.
+    workers: int = 1
     log: Callable[[str], None] = field(default=lambda message: print(f"[memwall plan] {message}", file=sys.stderr))
 
     def __post_init__(self) -> None:
         self._cache: dict[str, Candidate | None] = {}
+        self._lanes: list[Any] = []  # one single-process pool per worker, while a search runs
+        self._pending: dict[str, Any] = {}  # bundle key -> the lane's result of its export
         weights = hashlib.sha256()
         for name, tensor in self.model.state_dict().items():
             weights.update(name.encode())
@@ -190,38 +202,84 @@ class Planner:
             bundle = load_bundle(directory)
         except BundleError:
             self.log(f"exporting: {plan.describe()}")
-            try:
-                bundle = export_plan(
-                    self.model,
-                    directory,
-                    plan,
-                    sample_shape=self.sample_shape,
-                    batch_size=self.batch_size,
-                    backend=self.backend,
-                    loss=self.loss,
-                    model_spec=self.model_spec,
-                    overwrite=True,
-                )
-            except ValueError as exc:  # a technique this backend lacks, or a set that trains nothing
-                self.log(f"skipped ({exc})")
+            pending = self._pending.pop(key, None) or self._start(plan, directory)
+            error = pending.get() if pending is not None else _export_candidate(self._job(plan, directory))
+            if error is not None:  # a technique this backend lacks, or a set that trains nothing
+                self.log(f"skipped ({error})")
                 self._cache[key] = None
                 return None
+            bundle = load_bundle(directory)
         found = Candidate(plan, bundle)
         self.log(f"{plan.describe()}: predicted {found.predicted_peak_bytes / 2**20:.1f} MiB")
         self._cache[key] = found
         return found
 
+    def lower_bound_bytes(self) -> tuple[int, str]:
+        """No plan predicts a smaller peak: the runtime's calibrated fixed cost (every bundle pays it) plus every
+        parameter stored in the bundle's files at one byte (int8, the leanest storage a plan has; a parameter the
+        forward never uses would be dropped, which no reference model has). With how it adds up."""
+        runtime = runtime_floor_bytes(self.backend)
+        weights = sum(p.numel() for p in self.model.parameters())
+        return runtime + weights, f"runtime {runtime / 2**20:.1f} MiB + the weights as int8 {weights / 2**20:.1f} MiB"
+
+    def _job(self, plan: TrainingPlan, directory: Path) -> tuple[Any, ...]:
+        shape = (self.sample_shape, self.batch_size, self.backend, self.loss, self.model_spec)
+        return (self.model, directory, plan, *shape)
+
+    def _start(self, plan: TrainingPlan, directory: Path) -> Any:
+        """The export of ``plan`` started in its lane (by batch shape), or None without lanes."""
+        if not self._lanes or directory.name in self._cache or directory.name in self._pending:
+            return self._pending.get(directory.name)
+        lane = self._lanes[min(plan.micro_batches - 1, len(self._lanes) - 1)]
+        return lane.apply_async(_export_candidate, (self._job(plan, directory),))
+
+    def _prefetch(self, plans: list[TrainingPlan]) -> None:
+        """Start exporting ``plans`` in the lanes, where not exported yet."""
+        for plan in plans:
+            if plan.speed is None and self.speed is not None:
+                plan = replace(plan, speed=self.speed)
+            directory = self.bundle_dir(plan)
+            if directory.name not in self._pending and not (directory / "manifest.json").exists():
+                started = self._start(plan, directory)
+                if started is not None:
+                    self._pending[directory.name] = started
+
+    @contextlib.contextmanager
+    def _workers(self) -> Iterator[None]:
+        if self.workers < 2:
+            yield
+            return
+        # Spawned, not forked: a forked child of a process that ran torch's OpenMP kernels can hang in its first
+        # parallel region. Starting one costs its imports (about 8 s CPU), side by side with the first export.
+        spawn = multiprocessing.get_context("spawn")
+        self._lanes = [spawn.Pool(1, initializer=_start_lane) for _ in range(self.workers)]
+        try:
+            yield
+        finally:
+            for lane in self._lanes:
+                lane.terminate()  # a speculative export nobody waits for; its directory has no manifest
+            self._lanes, self._pending = [], {}
+
     def search(self, budget_bytes: int, margin: float = 0.1, top: int = 3) -> PlanReport:
         if not 0 <= margin < 1:
             raise ValueError(f"margin must be in [0, 1), got {margin}")
         report = PlanReport(budget_bytes, margin)
-        for base in trainable_sets(self.model, self.optimizer):
-            plans = variants(base, self.batch_size, self.backend)
-            found = self._fastest_fitting(plans, report) or self._int8_fallback(plans, report)
-            if found is not None:
-                report.fitting.append(found)
-                if len(report.fitting) >= top:
-                    break
+        bound, parts = self.lower_bound_bytes()
+        if bound > report.limit_bytes:
+            raise NoPlanFitsError(
+                f"no plan fits {budget_bytes / 2**20:.1f} MiB (with a {margin:.0%} margin: "
+                f"{report.limit_bytes / 2**20:.1f} MiB); the smallest predicted peak is {bound / 2**20:.1f} MiB or "
+                f"more ({parts}), so nothing was exported. Raise the budget, or use a smaller model"
+            )
+        # A set's variants share one trace, joint graph and edge program per batch shape.
+        with shared_traces(), self._workers():
+            for base in trainable_sets(self.model, self.optimizer):
+                plans = variants(base, self.batch_size, self.backend)
+                found = self._fastest_fitting(plans, report) or self._int8_fallback(plans, report)
+                if found is not None:
+                    report.fitting.append(found)
+                    if len(report.fitting) >= top:
+                        break
         if not report.fitting:
             if not report.tried:
                 raise NoPlanFitsError("no plan could be exported for this model and backend")
@@ -257,6 +315,8 @@ class Planner:
         return self._fits(replace(leanest.plan, int8_frozen=Int8WeightsConfig()), report)
 
     def _fastest_fitting(self, plans: list[TrainingPlan], report: PlanReport) -> Candidate | None:
+        self._prefetch([plans[0], plans[-1]])  # needed unless the fastest fits: side by side with workers
+
         def fits(index: int) -> Candidate | None:
             return self._fits(plans[index], report)
 
@@ -275,6 +335,47 @@ class Planner:
             else:
                 lo = mid + 1
         return best
+
+
+def _start_lane() -> None:
+    """A lane's process: one torch thread (the lanes share the cores), traces shared for its whole life."""
+    import torch
+
+    torch.set_num_threads(1)
+    open_shared_traces()
+
+
+def _export_candidate(job: tuple[Any, ...]) -> str | None:
+    """Export one candidate (in a lane's process, or inline); the reason where the backend cannot apply it."""
+    model, directory, plan, sample_shape, batch_size, backend, loss, model_spec = job
+    try:
+        export_plan(
+            model,
+            directory,
+            plan,
+            sample_shape=sample_shape,
+            batch_size=batch_size,
+            backend=backend,
+            loss=loss,
+            model_spec=model_spec,
+            overwrite=True,
+        )
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def runtime_floor_bytes(backend: str) -> int:
+    """The memory a backend's runtime takes for any bundle, before its arenas and files (calibrated constants)."""
+    if backend == "executorch":
+        from exporters.executorch_export import RUNTIME_OVERHEAD_BASE_BYTES
+
+        return RUNTIME_OVERHEAD_BASE_BYTES
+    if backend == "onnxruntime":
+        from exporters.onnxruntime_export import _FIRST_CALL_BYTES, _SESSION_BYTES
+
+        return _SESSION_BYTES + _FIRST_CALL_BYTES
+    raise ValueError(f"unknown backend {backend!r}: use 'executorch' or 'onnxruntime'")
 
 
 def format_report(report: PlanReport) -> str:

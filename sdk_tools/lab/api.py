@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
@@ -23,6 +24,8 @@ from sdk_tools.lab.dashboard import dashboard_router, mount_static
 from sdk_tools.lab.db import Database
 from sdk_tools.lab.errors import ErrorBody, error_response
 from sdk_tools.lab.export import csv_lines
+from sdk_tools.lab.guards import GuardMiddleware
+from sdk_tools.lab.openapi import REPORT_REF, lab_openapi
 from sdk_tools.lab.schema import (
     SCHEMA_VERSION,
     FieldError,
@@ -36,12 +39,16 @@ from sdk_tools.lab.summary import ReportSummary
 API_PREFIX = "/api/v1"
 # Row ids are 64-bit in PostgreSQL; a larger number in a URL would fail in the database, not here.
 MAX_ROW_ID = 2**63 - 1
+# PostgreSQL text cannot hold U+0000: a NUL in a name or a filter would fail in the database (a 500).
+NO_NUL = r"^[^\x00]*$"
 _bearer = HTTPBearer(auto_error=False, description="Token returned by POST /api/v1/devices")
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422)}
 
 
 class DeviceIn(BaseModel):
-    name: str = Field(min_length=1, max_length=200, description="Human-readable name shown on the dashboard")
+    name: str = Field(
+        min_length=1, max_length=200, pattern=NO_NUL, description="Human-readable name shown on the dashboard"
+    )
 
 
 class DeviceCreated(BaseModel):
@@ -95,15 +102,15 @@ def _authenticated_device(db: Database, credentials: HTTPAuthorizationCredential
         raise HTTPException(401, "missing bearer token (Authorization: Bearer <token>)", headers=challenge)
     device_id = store.device_for_token(db, credentials.credentials)
     if device_id is None:
-        raise HTTPException(401, "unknown bearer token", headers=challenge)
+        raise HTTPException(401, "unknown bearer token (register the device: memwall lab register)", headers=challenge)
     return device_id
 
 
 async def _filters(
-    device: Annotated[str | None, Query(max_length=36)] = None,
-    backend: Annotated[str | None, Query(max_length=32)] = None,
-    model: Annotated[str | None, Query(max_length=200)] = None,
-    status: Annotated[str | None, Query(max_length=16)] = None,
+    device: Annotated[str | None, Query(max_length=36, pattern=NO_NUL)] = None,
+    backend: Annotated[str | None, Query(max_length=32, pattern=NO_NUL)] = None,
+    model: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
+    status: Annotated[str | None, Query(max_length=16, pattern=NO_NUL)] = None,
 ) -> store.ReportFilter:
     return store.ReportFilter(device_id=device, backend=backend, model=model, status=status)
 
@@ -157,7 +164,9 @@ def list_devices(db: DB) -> list[dict[str, Any]]:
     status_code=201,
     response_model=ReportAck,
     responses={200: {"model": ReportAck, "description": "Already stored (a retry); nothing written"}},
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": report_schema()}}}},
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": REPORT_REF}}}}
+    },
 )
 async def post_report(request: Request, response: Response, db: DB, credentials: Bearer) -> ReportAck:
     """Store a report once per (device, run.report_id). 201 when stored now, 200 for a retry."""
@@ -179,7 +188,11 @@ def list_reports(
     return ReportPage(items=page.items, total=page.total, next_cursor=page.next_cursor)
 
 
-@router.get("/reports.csv", response_class=StreamingResponse)
+@router.get(
+    "/reports.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "One row per report"}},
+)
 def export_reports_csv(db: DB, where: Filters) -> StreamingResponse:
     return StreamingResponse(
         csv_lines(store.iter_reports(db, where)),
@@ -197,14 +210,30 @@ def get_report(db: DB, row_id: Annotated[int, Path(ge=1, le=MAX_ROW_ID)]) -> Rep
     return ReportDetail(summary=summary, report=report)
 
 
+_ROUTING_ERRORS = {
+    404: f"no such endpoint (the API is listed at {API_PREFIX}/openapi.json)",
+    405: f"method not allowed on this endpoint (see {API_PREFIX}/openapi.json)",
+}
+
+
+def _request_error(error: dict[str, Any]) -> str:
+    if error.get("type") == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == NO_NUL:
+        return "contains a NUL character (U+0000), which the lab cannot store; remove it"
+    return str(error["msg"])
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ReportInvalid)
     async def _invalid(_request: Request, exc: ReportInvalid) -> JSONResponse:
         return error_response(exc.status, exc.message, exc.errors)
 
     @app.exception_handler(HTTPException)
-    async def _http(_request: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code in _ROUTING_ERRORS and message == HTTPStatus(exc.status_code).phrase:
+            # The router's own 404/405 carry only the status phrase: say what was asked and where to look.
+            message = f"{request.method} {request.url.path[:200]}: {_ROUTING_ERRORS[exc.status_code]}"
+        return error_response(exc.status_code, message, headers=exc.headers)
 
     @app.exception_handler(OperationalError)
     async def _database_down(_request: Request, exc: OperationalError) -> JSONResponse:
@@ -213,7 +242,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [FieldError(json_path(list(e["loc"])), e["msg"]) for e in exc.errors()]
+        errors = [FieldError(json_path(list(e["loc"])), _request_error(e)) for e in exc.errors()]
         first = errors[0] if errors else FieldError("$", "invalid request")
         return error_response(422, f"invalid request: {first.path}: {first.message}", errors)
 
@@ -236,7 +265,10 @@ def create_app(db: Database, config: LabConfig) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.db = db
+    app.openapi = lambda: lab_openapi(app)  # type: ignore[method-assign]
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
+    # Added last, so outermost: the body limit's and the Host check's own answers get the headers too.
+    app.add_middleware(GuardMiddleware, loopback_only=config.loopback_only)
     _install_error_handlers(app)
     app.include_router(router)
     app.include_router(dashboard_router)

@@ -13,7 +13,7 @@ from sdk_tools.lab.errors import error_response
 
 
 def _too_large(limit: int) -> str:
-    return f"request body exceeds the limit of {limit} bytes"
+    return f"request body exceeds the limit of {limit} bytes (the server's --max-body-bytes)"
 
 
 class BodyLimitMiddleware:

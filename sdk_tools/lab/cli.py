@@ -16,13 +16,18 @@ DEFAULT_SERVER = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
 
 def _serve(args: argparse.Namespace) -> int:
     from sdk_tools.lab.config import LabConfig, ServeConfig, default_db_url
+    from sdk_tools.lab.guards import is_loopback
     from sdk_tools.lab.server import serve
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Alembic announces each of its plugins at INFO on every start.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
-        lab = LabConfig(db_url=args.db or default_db_url(), max_body_bytes=args.max_body_bytes)
+        lab = LabConfig(
+            db_url=args.db or default_db_url(),
+            max_body_bytes=args.max_body_bytes,
+            loopback_only=is_loopback(args.host),
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,8 @@ from pathlib import Path
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+# Request line + headers. A lab request needs under 2 KiB; without a limit uvicorn buffered a 2 MB header.
+MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_DATA_DIR = Path("memwall_lab")
 
 
@@ -19,6 +21,8 @@ def default_db_url(data_dir: Path = DEFAULT_DATA_DIR) -> str:
 class LabConfig:
     db_url: str
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # Set when the server binds to a loopback address: requests naming another Host are refused.
+    loopback_only: bool = False
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:

@@ -24,7 +24,9 @@ def _cell(value: Any) -> Any:
 def csv_lines(summaries: Iterable[ReportSummary]) -> Iterator[str]:
     """The header line, then one chunk per summary, so a long export streams."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # RFC 4180 line ends: the csv module quotes a field only if it holds a character of the line
+    # terminator, so with "\n" alone a bare CR inside a device name would split the row in readers.
+    writer = csv.writer(buffer, lineterminator="\r\n")
 
     def flush() -> str:
         text = buffer.getvalue()

@@ -7,7 +7,7 @@ import logging
 import uvicorn
 
 from sdk_tools.lab.api import create_app
-from sdk_tools.lab.config import ServeConfig
+from sdk_tools.lab.config import MAX_HEADER_BYTES, ServeConfig
 from sdk_tools.lab.db import open_database
 
 log = logging.getLogger("memwall.lab")
@@ -27,4 +27,8 @@ def serve(config: ServeConfig) -> None:
         proxy_headers=False,
         server_header=False,
         timeout_graceful_shutdown=config.graceful_shutdown_s,
+        # httptools has no header size limit (a 2 MB header and 20,000 headers were read whole); h11 has
+        # one, for 3-6% of throughput (320 vs 339 posts/s sequentially on this machine).
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
     )

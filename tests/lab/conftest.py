@@ -219,8 +219,8 @@ class Http:
     def __init__(self, url: str) -> None:
         self.url = url
 
-    def get(self, path: str) -> Answer:
-        return _send(self.url, "GET", path)
+    def get(self, path: str, **headers: str) -> Answer:
+        return _send(self.url, "GET", path, headers=headers)
 
     def post(self, path: str, body: bytes | dict[str, Any], token: str | None = None, **headers: str) -> Answer:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()

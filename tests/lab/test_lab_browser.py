@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,3 +113,65 @@ def test_dashboard_shows_runs_charts_and_failures(new_server, browser) -> None:
     browser.save_screenshot(str(SCREENSHOT))
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, errors
+
+
+XSS = '<img src=x onerror="window.__pwned=1">'
+
+
+def _hostile_report(device_id: str) -> dict:
+    report = example_report(device_id, status="error", plan={"name": '"><svg onload=window.__pwned=1>'})
+    report["device"]["model"] = XSS
+    report["bundle"]["model"] = "<script>window.__pwned=1</script>"
+    report["bundle"]["name"] = "javascript:window.__pwned=1"
+    report["error"] = {"kind": "=HYPERLINK(1)", "message": f"</td></tr></table>{XSS}"}
+    return report
+
+
+@pytest.mark.parametrize("db_factory", ["sqlite"], indirect=True)
+def test_hostile_reports_render_as_inert_text(new_server, browser) -> None:
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
+    from lab_fuzz import reports
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    lab_server = new_server().start()
+    device_id, token = register_device(lab_server.url, "<script>window.__pwned=1</script>")
+    hostile = post_report(lab_server.url, token, _hostile_report(device_id))["id"]
+    posted = [1]
+
+    @settings(
+        max_examples=3,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(drawn=st.lists(reports(device_id), min_size=8, max_size=8))
+    def page_stays_inert(drawn: list[dict]) -> None:
+        for report in drawn:
+            report["run"]["report_id"] = str(uuid.uuid4())
+            post_report(lab_server.url, token, report)
+        posted[0] += len(drawn)
+        browser.get(lab_server.url + "/")
+        WebDriverWait(browser, 20).until(lambda b: b.execute_script("return document.body.dataset.loaded") == "true")
+        assert not browser.find_element(By.ID, "load-error").is_displayed()
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")) == posted[0]
+        injected = browser.execute_script(
+            "return [window.__pwned, document.scripts.length,"
+            " document.querySelectorAll('body img, body svg, body iframe, body object').length];"
+        )
+        assert injected == [None, 2, 0]
+        table = browser.find_element(By.ID, "runs").text
+        assert f"<script>window.__pwned=1</script> ({XSS})" in table
+        assert f"</td></tr></table>{XSS}" in browser.find_element(By.ID, "failed").text
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not errors, errors
+
+    page_stays_inert()
+    row = browser.find_element(By.CSS_SELECTOR, f"#runs tbody tr[data-id='{hostile}']")
+    row.click()
+    WebDriverWait(browser, 10).until(lambda b: b.find_element(By.ID, "breakdown-title").text.startswith(f"#{hostile} "))
+    facts = browser.find_element(By.ID, "breakdown-facts").text
+    assert f"=HYPERLINK(1): </td></tr></table>{XSS}" in facts
+    assert browser.execute_script("return window.__pwned") is None

@@ -74,8 +74,17 @@ def test_errors_name_the_json_path_of_each_bad_field() -> None:
 
 def test_impossible_date_is_refused_with_its_path() -> None:
     report = example_report(DEVICE)
-    report["run"]["started_at"] = "2026-13-45T10:00:00Z"
-    assert _errors(report) == {"$.run.started_at": "'2026-13-45T10:00:00Z' is not a valid date-time"}
+    report["run"]["started_at"] = "2026-02-30T10:00:00Z"
+    assert _errors(report) == {"$.run.started_at": '"2026-02-30T10:00:00Z" is not a "date-time"'}
+
+
+@pytest.mark.parametrize(
+    "started_at", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "2026-06-30T23:59:60Z"]
+)
+def test_dates_storage_cannot_hold_are_refused_by_the_schema(started_at: str) -> None:
+    report = example_report(DEVICE)
+    report["run"]["started_at"] = started_at
+    assert "does not match" in _errors(report)["$.run.started_at"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,465 @@
+"""The native training runtime (runtime/): built by runtime/setup.sh, run as memwall-run against the real
+ExecuTorch C++ runtime, compared with the Python host runner (sdk_tools/runner) on the same bundles and data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from exporters import ModelSpec, OptimizerConfig, export_bundle
+from exporters.bundle import Bundle, BundleError, load_bundle
+from exporters.techniques.fused_update import FusedUpdateConfig
+from exporters.techniques.int8_weights import Int8WeightsConfig, quantize_frozen_weights
+from exporters.techniques.lora import LoraConfig, apply_lora
+from exporters.techniques.speed_routes import SpeedConfig
+from sdk_tools.data.digits import DigitsSplit
+from sdk_tools.lab.schema import validate_report
+from sdk_tools.runner.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from sdk_tools.runner.train import evaluate, open_session
+from tests.conftest import REFERENCE_CASES, export_case, make_model
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNTIME = ROOT / "runtime"
+BUILD = RUNTIME / "build"
+GOLDEN = ROOT / "tests" / "golden"
+STEPS = 20
+SAMPLES = 40  # 10 batches of 4: the stream wraps into a second epoch within 20 steps
+
+
+@pytest.fixture(scope="module")
+def native() -> Path:
+    """runtime/setup.sh builds (or finds up to date) libmemwall.a, memwall-run and memwall-golden."""
+    env = {**os.environ, "MEMWALL_PYTHON": sys.executable}
+    done = subprocess.run([str(RUNTIME / "setup.sh")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return BUILD / "memwall-run"
+
+
+def _mlp(root: Path, tag: str, optimizer: OptimizerConfig, **options) -> Bundle:
+    kwargs, shape = REFERENCE_CASES["mlp"]
+    if "fused_update" in options:
+        return export_bundle(
+            make_model("mlp"),
+            root / f"mlp{tag}",
+            sample_shape=shape,
+            batch_size=4,
+            optimizer=optimizer,
+            model_spec=ModelSpec("mlp", kwargs),
+            **options,
+        )
+    return export_case(root, "mlp", optimizer, tag=tag, **options).bundle
+
+
+def _freeze_first_layer(model: torch.nn.Module) -> None:
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith("features.1."))
+
+
+# eps well above float noise: AdamW divides by sqrt(v) + eps, which magnifies last-bit gradient differences.
+ADAMW = OptimizerConfig(kind="adamw", lr=0.01, weight_decay=0.01, betas=(0.8, 0.99), eps=1e-3)
+SGD_NESTEROV = OptimizerConfig(kind="sgd", lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Bundle]:
+    """SGD+nesterov+weight decay with a frozen layer, AdamW over 2 micro-batches, AdamW fused into the program, an
+    MLP with LoRA adapters and an int8 frozen layer, and a SmallCNN whose frozen convolutions run on the XNNPACK
+    delegate (speed routes)."""
+    root = tmp_path_factory.mktemp("native-bundles")
+    lora = LoraConfig(rank=2, targets=("features.3",), trainable=("classifier.*",))
+    int8 = Int8WeightsConfig(targets=("features.1",))
+    adapted = quantize_frozen_weights(apply_lora(make_model("mlp"), lora), int8)
+    lora_int8 = export_bundle(
+        adapted,
+        root / "mlp-lora-int8",
+        sample_shape=REFERENCE_CASES["mlp"][1],
+        batch_size=4,
+        optimizer=SGD_NESTEROV,
+        model_spec=ModelSpec("mlp", {}),
+        techniques=[{"name": "lora", "config": lora.to_json()}, {"name": "int8_weights", "config": int8.to_json()}],
+    )
+    cnn = make_model("small_cnn")
+    for name, p in cnn.named_parameters():
+        p.requires_grad_(name.startswith("classifier."))
+    xnnpack = export_bundle(
+        cnn,
+        root / "cnn-xnnpack",
+        sample_shape=REFERENCE_CASES["small_cnn"][1],
+        batch_size=4,
+        optimizer=SGD_NESTEROV,
+        model_spec=ModelSpec("small_cnn", {}),
+        speed=SpeedConfig(),
+    )
+    assert xnnpack.manifest.backend_options["runtime"]["backends"] == ["XnnpackBackend"]
+    return {
+        "sgd": _mlp(root, "-sgd", SGD_NESTEROV, configure=_freeze_first_layer),
+        "micro": _mlp(root, "-micro", ADAMW, batch=2, micro_batches=2),
+        "fused": _mlp(root, "-fused", ADAMW, fused_update=FusedUpdateConfig()),
+        "xnnpack": xnnpack,
+        "lora-int8": lora_int8,
+    }
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    gen = torch.Generator().manual_seed(7)
+    path = tmp_path_factory.mktemp("native-data") / "data.npz"
+    x = torch.rand((SAMPLES, 1, 8, 8), generator=gen)
+    y = torch.randint(0, 10, (SAMPLES,), generator=gen)
+    np.savez(path, x=x.numpy(), y=y.numpy())
+    return path
+
+
+def copy_bundle(bundle: Bundle, where: Path) -> Path:
+    """A private copy (each run writes its checkpoint into the bundle directory)."""
+    target = where / bundle.directory.name
+    shutil.copytree(bundle.directory, target)
+    (target / "checkpoint.safetensors").unlink(missing_ok=True)
+    return target
+
+
+def run_native(binary: Path, bundle_dir: Path, data: Path, steps: int, *extra: str) -> tuple[list[float], str]:
+    """Losses per step and stdout."""
+    done = subprocess.run(
+        [str(binary), str(bundle_dir), "--data", str(data), "--steps", str(steps), *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = [float(line.split()[3]) for line in done.stdout.splitlines() if line.startswith("step ")]
+    return losses, done.stdout
+
+
+def python_run(
+    bundle_dir: Path, data: Path, steps: int, *, resume: bool = False, accuracy: list[float] | None = None
+) -> tuple[list[float], dict]:
+    """The host runner's session fed memwall-run's batch stream (file order); saves the checkpoint as train() does.
+    ``accuracy`` receives the predict method's accuracy on ``data`` before and after training."""
+    bundle = load_bundle(bundle_dir)
+    session = open_session(bundle)
+    manifest = bundle.manifest
+    arrays = np.load(data)
+    x, y = torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"])
+    size, micro = manifest.batch_size, manifest.training["micro_batches"]
+    per_epoch = len(x) // size
+    path = bundle_dir / "checkpoint.safetensors"
+    position = 0
+    if resume:
+        ckpt = load_checkpoint(path, bundle)
+        session.load_state_tensors(ckpt.steps, ckpt.tensors)
+        position = ckpt.data_position
+    if accuracy is not None:
+        accuracy.append(evaluate(session, DigitsSplit(x, y)))
+    losses = []
+    for _ in range(steps):
+        batches = []
+        for _ in range(micro):
+            first = (position % per_epoch) * size
+            batches.append((x[first : first + size], y[first : first + size]))
+            position += 1
+        loss, _ = session.train_step(batches)
+        losses.append(loss)
+    step_count, tensors = session.state_tensors()
+    save_checkpoint(path, Checkpoint(step_count, position, tensors, bundle.manifest_sha256))
+    if accuracy is not None:
+        accuracy.append(evaluate(session, DigitsSplit(x, y)))
+    return losses, {k: v.clone() for k, v in tensors.items()}
+
+
+def assert_same_state(native: dict[str, torch.Tensor], python: dict[str, torch.Tensor], atol: float) -> None:
+    assert sorted(native) == sorted(python)
+    for name, value in python.items():
+        torch.testing.assert_close(native[name], value, rtol=0, atol=atol, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "micro", "fused", "xnnpack", "lora-int8"])
+def test_native_trains_like_the_python_runner(
+    kind: str, native: Path, bundles: dict[str, Bundle], data: Path, tmp_path: Path
+) -> None:
+    native_dir = copy_bundle(bundles[kind], tmp_path / "native")
+    python_dir = copy_bundle(bundles[kind], tmp_path / "python")
+    native_losses, out = run_native(native, native_dir, data, STEPS, "--eval-data", str(data))
+    python_accuracy: list[float] = []
+    python_losses, python_state = python_run(python_dir, data, STEPS, accuracy=python_accuracy)
+    # Predict with the live parameters: before and after training, over every sample (the last batch padded).
+    native_accuracy = [float(line.split()[1]) for line in out.splitlines() if line.startswith("accuracy_")]
+    assert native_accuracy == pytest.approx(python_accuracy, abs=1e-9)
+    assert len(native_losses) == STEPS
+    assert len(set(native_losses)) > 1  # the weights change step to step (random labels: no trend to assert)
+    np.testing.assert_allclose(native_losses, python_losses, rtol=1e-6, atol=1e-6)
+    native_state = load_file(native_dir / "checkpoint.safetensors")
+    # SGD is PyTorch's rule bit for bit; AdamW's sqrt may round differently from torch's.
+    assert_same_state(native_state, python_state, atol=0 if kind in ("sgd", "xnnpack", "lora-int8") else 1e-6)
+    with safe_open(str(native_dir / "checkpoint.safetensors"), framework="pt") as fh:
+        metadata = fh.metadata()
+    assert metadata == {
+        "format": "memwall.checkpoint",
+        "version": "1",
+        "steps": str(STEPS),
+        "data_position": str(STEPS * bundles[kind].manifest.training["micro_batches"]),
+        "manifest_sha256": bundles[kind].manifest_sha256,
+    }
+
+
+@pytest.mark.parametrize("kind", ["micro", "fused"])
+def test_checkpoints_move_between_native_and_python(
+    kind: str, native: Path, bundles: dict[str, Bundle], data: Path, tmp_path: Path
+) -> None:
+    half = STEPS // 2
+    straight = copy_bundle(bundles[kind], tmp_path / "straight")
+    run_native(native, straight, data, STEPS)
+    expected = load_file(straight / "checkpoint.safetensors")
+
+    native_first = copy_bundle(bundles[kind], tmp_path / "native-first")
+    run_native(native, native_first, data, half)
+    _, resumed_in_python = python_run(native_first, data, half, resume=True)
+    assert_same_state(resumed_in_python, expected, atol=1e-6)
+    assert load_checkpoint(native_first / "checkpoint.safetensors", load_bundle(native_first)).steps == STEPS
+
+    python_first = copy_bundle(bundles[kind], tmp_path / "python-first")
+    python_run(python_first, data, half)
+    run_native(native, python_first, data, half, "--resume")
+    assert_same_state(load_file(python_first / "checkpoint.safetensors"), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["micro", "fused"])
+def test_the_c_api_from_plain_c(kind: str, native: Path, bundles: dict[str, Bundle], tmp_path: Path) -> None:
+    """memwall.h compiled as C99 (what Swift and JNI import): a step, predict, checkpoint round trip, report."""
+    bundle_dir = copy_bundle(bundles[kind], tmp_path)
+    done = subprocess.run(
+        [str(BUILD / "memwall-c-smoke"), str(bundle_dir), str(tmp_path / "c.safetensors")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok 1 ")
+    assert load_checkpoint(tmp_path / "c.safetensors", bundles[kind]).data_position == 7
+
+
+def refusal(binary: Path, bundle_dir: Path, data: Path) -> str:
+    done = subprocess.run(
+        [str(binary), str(bundle_dir), "--data", str(data), "--steps", "1"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("memwall-run: error: "), done.stderr
+    assert not (bundle_dir / "checkpoint.safetensors").exists()
+    return lines[0]
+
+
+def _corrupt_program(d: Path) -> None:
+    path = d / "model.pte"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def _truncate_program(d: Path) -> None:
+    path = d / "model.pte"
+    path.write_bytes(path.read_bytes()[:-10])
+
+
+def _link_program(d: Path) -> None:
+    outside = d.parent / "elsewhere.pte"
+    (d / "model.pte").rename(outside)
+    (d / "model.pte").symlink_to(outside)
+
+
+def _edit_manifest(change) -> object:
+    def edit(d: Path) -> None:
+        manifest = json.loads((d / "manifest.json").read_text())
+        change(manifest)
+        (d / "manifest.json").write_text(json.dumps(manifest))
+
+    return edit
+
+
+HOSTILE = {
+    "bad hash": (_corrupt_program, "has sha256"),
+    "truncated file": (_truncate_program, "bytes, the manifest says"),
+    "missing file": (lambda d: (d / "model.pte").unlink(), "is missing from"),
+    "bad schema version": (_edit_manifest(lambda m: m.update(schema_version=2)), "unsupported schema_version 2"),
+    "not JSON": (lambda d: (d / "manifest.json").write_text("{"), "is not valid JSON"),
+    "no manifest": (lambda d: (d / "manifest.json").unlink(), "has no manifest.json"),
+    "path outside": (
+        _edit_manifest(lambda m: m["files"]["program"].update(path="../model.pte")),
+        "invalid manifest at files/program/path",
+    ),
+    "missing field": (_edit_manifest(lambda m: m.pop("methods")), "'methods' is a required property"),
+    "duplicate key": (
+        lambda d: (d / "manifest.json").write_text('{"name": "a", ' + (d / "manifest.json").read_text()[1:]),
+        "appears twice in one object",
+    ),
+    "symbolic link": (_link_program, "is a symbolic link or lies outside"),
+    "inconsistent batch": (
+        _edit_manifest(lambda m: m["training"].update(batch_size=999)),
+        "training.batch_size is not the input batch times micro_batches",
+    ),
+}
+
+
+def test_onnxruntime_bundles_are_refused_with_the_reason(native: Path, data: Path, tmp_path: Path) -> None:
+    bundle = export_bundle(
+        torch.nn.Linear(4, 2), tmp_path / "ort", sample_shape=(4,), batch_size=2, backend="onnxruntime"
+    )
+    assert "this native runtime runs ExecuTorch bundles only" in refusal(native, bundle.directory, data)
+
+
+def test_a_kill_during_checkpointing_keeps_a_valid_checkpoint(
+    native: Path, bundles: dict[str, Bundle], data: Path, tmp_path: Path
+) -> None:
+    """SIGKILL at random moments of a run that saves after every step: the checkpoint always loads."""
+    bundle_dir = copy_bundle(bundles["micro"], tmp_path)
+    path = bundle_dir / "checkpoint.safetensors"
+    run_native(native, bundle_dir, data, 1)
+    bundle = load_bundle(bundle_dir)
+    steps = load_checkpoint(path, bundle).steps
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        proc = subprocess.Popen(
+            [
+                str(native),
+                str(bundle_dir),
+                "--data",
+                str(data),
+                "--steps",
+                "100000",
+                "--resume",
+                "--checkpoint-every",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(float(rng.uniform(0.05, 0.4)))
+        proc.kill()
+        proc.wait()
+        ckpt = load_checkpoint(path, bundle)  # never torn
+        assert ckpt.steps >= steps
+        assert ckpt.data_position == 2 * ckpt.steps
+        steps = ckpt.steps
+    assert steps > 1
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_bundles_are_refused_in_one_line(
+    case: str, native: Path, bundles: dict[str, Bundle], data: Path, tmp_path: Path
+) -> None:
+    damage, expected = HOSTILE[case]
+    bundle_dir = copy_bundle(bundles["sgd"], tmp_path)
+    damage(bundle_dir)
+    with pytest.raises(BundleError):
+        load_bundle(bundle_dir)  # the Python loader refuses it too
+    assert expected in refusal(native, bundle_dir, data)
+
+
+def test_golden_vectors_optimizers_accumulation_and_checkpoint(native: Path, tmp_path: Path) -> None:
+    checkpoint = json.loads((GOLDEN / "checkpoint.json").read_text())
+    written = tmp_path / "checkpoint.safetensors"
+    command = [str(BUILD / "memwall-golden"), str(GOLDEN / "optimizer.json"), str(GOLDEN / "accumulation.json")]
+    sha = checkpoint["metadata"]["manifest_sha256"]
+    out = json.loads(subprocess.check_output([*command, str(GOLDEN / "checkpoint.safetensors"), sha, str(written)]))
+    golden = json.loads((GOLDEN / "optimizer.json").read_text())
+    tol = golden["tolerance"]
+    for case in golden["cases"]:
+        for expected, got in zip(case["steps"], out["optimizer"][case["name"]], strict=True):
+            for section in ("params", "state"):
+                for name, tensor in expected[section].items():
+                    if case["optimizer"]["kind"] == "sgd":
+                        assert got[section][name] == tensor["values"], (case["name"], name)
+                    else:
+                        np.testing.assert_allclose(
+                            got[section][name], tensor["values"], rtol=tol["rel"], atol=tol["abs"]
+                        )
+    acc = json.loads((GOLDEN / "accumulation.json").read_text())
+    for section in ("accumulated_grads", "params_after"):
+        for name, tensor in acc[section].items():
+            assert out["accumulation"][section][name] == tensor["values"], (section, name)
+    assert out["accumulation"]["loss"] == pytest.approx(acc["loss"], rel=1e-12)
+    # The Python runner's checkpoint read natively, and written back natively byte for byte.
+    read = out["checkpoint"]
+    assert (str(read["steps"]), str(read["data_position"])) == (
+        checkpoint["metadata"]["steps"],
+        checkpoint["metadata"]["data_position"],
+    )
+    assert {k: v["values"] for k, v in read["tensors"].items()} == {
+        k: v["values"] for k, v in checkpoint["tensors"].items()
+    }
+    assert written.read_bytes() == (GOLDEN / "checkpoint.safetensors").read_bytes()
+
+
+def test_report_validates_against_the_lab_schema(
+    native: Path, bundles: dict[str, Bundle], data: Path, tmp_path: Path
+) -> None:
+    bundle_dir = copy_bundle(bundles["micro"], tmp_path)
+    report_path = tmp_path / "report.json"
+    losses, _ = run_native(native, bundle_dir, data, 3, "--report", str(report_path))
+    report = validate_report(json.loads(report_path.read_text()))
+    assert report["status"] == "ok"
+    assert report["bundle"]["manifest_sha256"] == bundles["micro"].manifest_sha256
+    assert report["run"]["loss_curve"] == pytest.approx(losses, rel=1e-6)
+    training = bundles["micro"].manifest.training
+    assert (report["run"]["micro_batches"], report["run"]["batch_size"]) == (2, training["batch_size"])
+    memory = report["memory"]
+    assert memory["peak_delta_bytes"] == memory["peak_rss_bytes"] - memory["baseline_bytes"] > 0
+
+
+def test_bad_data_and_checkpoints_are_refused(
+    native: Path, bundles: dict[str, Bundle], data: Path, tmp_path: Path
+) -> None:
+    bundle_dir = copy_bundle(bundles["sgd"], tmp_path)
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, x=np.zeros((8, 3, 8, 8), np.float32), y=np.zeros(8, np.int64))
+    assert "samples have shape (3, 8, 8), the bundle expects (1, 8, 8)" in refusal(native, bundle_dir, wrong)
+    done = subprocess.run(
+        [str(native), str(bundle_dir), "--data", str(data), "--steps", "1", "--resume"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "no checkpoint at" in done.stderr and len(done.stderr.splitlines()) == 1
+    other = copy_bundle(bundles["micro"], tmp_path / "other")
+    run_native(native, other, data, 1)
+    done = subprocess.run(
+        [
+            str(native),
+            str(bundle_dir),
+            "--data",
+            str(data),
+            "--steps",
+            "1",
+            "--resume",
+            "--checkpoint",
+            str(other / "checkpoint.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "was saved for another bundle" in done.stderr
+    saved = other / "checkpoint.safetensors"
+    raw = saved.read_bytes()
+    header = raw[8 : 8 + int.from_bytes(raw[:8], "little")]
+    hostile = {
+        "truncated": raw[:-5],
+        "header length past the end": (1 << 40).to_bytes(8, "little") + raw[8:],
+        "format of another type": raw[:8]
+        + header.replace(b'"memwall.checkpoint"', b'["memwall.x"]       ')
+        + raw[8 + len(header) :],
+    }
+    for case, content in hostile.items():
+        saved.write_bytes(content)
+        done = subprocess.run(
+            [str(native), str(other), "--data", str(data), "--steps", "1", "--resume"], capture_output=True, text=True
+        )
+        assert done.returncode == 2, (case, done.stderr)
+        assert len(done.stderr.splitlines()) == 1 and ("is corrupt" in done.stderr or "not a memwall" in done.stderr)
