@@ -22,6 +22,7 @@ running no parent cleanup.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -75,6 +76,7 @@ def run_forked(work: Callable[[], None], what: str, timeout_s: float = 120.0) ->
     pid = os.fork()
     if pid == 0:  # the child: never returns into the parent's code
         os.close(read_fd)
+        faulthandler.disable()  # a crash here is expected and reported by the parent: no stack dump on stderr
         status = 0
         try:
             work()
