@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -121,7 +120,6 @@ def _planner(args: argparse.Namespace) -> Any:
         loss=args.loss,
         speed=_speed(args),
         lossless=args.lossless,
-        workers=2 if (os.cpu_count() or 1) > 1 else 1,  # two lanes: the full batch and micro-batches
     )
 
 
