@@ -84,7 +84,8 @@ HOOKS: tuple[tuple[str, str, str], ...] = (
     ("joint", "exporters.onnxruntime_export", "_generate_artifacts"),
     ("edge", "executorch.exir.program._program", "to_edge"),
     ("edge", "exporters.executorch_export", "to_edge"),
-    ("edge", "exporters.edge_program", "to_edge"),
+    ("edge", "exporters.edge_program", "to_edge_once"),
+    ("edge", "exporters.edge_program", "_generate_edge_program"),
     ("edge", "exporters.techniques.xnnpack_frozen", "to_edge_transform_and_lower"),
     ("edge", "torch.export.exported_program", "ExportedProgram.run_decompositions"),
     ("passes", "exporters.executorch_export", "rewrite_pointwise_convs"),
@@ -351,7 +352,10 @@ def write_report(out: Path, results: dict[str, dict[str, Any]]) -> None:
     """Print the tables and write them, with each label's run, to ``out``."""
     lines = format_results({k: v for k, v in results.items() if v["cases"]})
     print("\n".join(lines))
-    runs = "\n".join(f"- {k}: {v['date']}, load {v['load']:.1f}: `{v['command']}`" for k, v in results.items())
+    runs = "\n".join(
+        f"- {k}: {v['date']}, load {v['load']:.1f}: `{v['command']}`" + (f". {v['note']}" if v.get("note") else "")
+        for k, v in results.items()
+    )
     out.write_text(
         "# Export time by stage\n\n"
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; torch threads 1.\n"

@@ -258,6 +258,15 @@ def load_bundle(directory: str | os.PathLike[str], verify_files: bool = True) ->
             for role, entry in manifest.files.items():
                 if entry.path.endswith(".onnx"):
                     check_onnx_self_contained(bundle_dir / entry.path, role)
+            # ONNX Runtime 1.19 reads a checkpoint's external data from "<checkpoint>.data" beside it (its
+            # "Failed to open checkpoint's external data file"): such a file would be read unhashed.
+            external = manifest.files["checkpoint"].path + ".data"
+            listed = {entry.path for entry in manifest.files.values()}
+            if external not in listed and (bundle_dir / external).exists():
+                raise BundleError(
+                    f"{bundle_dir} holds {external!r}, which ONNX Runtime would read as the checkpoint's external "
+                    "data, but the manifest does not list it: refused; remove it or re-export the bundle"
+                )
     return Bundle(bundle_dir, manifest, hashlib.sha256(raw).hexdigest())
 
 

@@ -3,7 +3,8 @@
 ``executorch.exir.to_edge`` starts every method with ``run_decompositions`` over the default (core ATen + edge)
 table, which re-traces the whole program even when nothing in it would decompose. The joint training graph comes
 out of ``_export_forward_backward`` already decomposed to core ATen, so that re-trace changes nothing and costs
-about 13 s for MobileNetV2 x1.0 at 96x96 (batch 8: `python benchmarks/export_time.py`, stage ``edge``).
+about 7.6 s CPU for MobileNetV2 x1.0 at 96x96, batch 8 (stage ``edge`` 30.2 -> 22.6 s:
+`python benchmarks/export_time.py`, benchmarks/RESULTS-export-time.md).
 ``to_edge_once`` runs the decompositions only on methods that hold an op the table (or a CompositeImplicitAutograd
 kernel) would rewrite, then the same edge passes ``to_edge`` runs: the program is the same, byte for byte
 (tests/test_export_time.py).

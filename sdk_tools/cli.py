@@ -162,7 +162,6 @@ def _planner(args: argparse.Namespace) -> Any:
         loss=args.loss,
         speed=_speed(args),
         lossless=args.lossless,
-        workers=2 if (os.cpu_count() or 1) > 1 else 1,  # two lanes: the full batch and micro-batches
     )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from exporters.bundle import Bundle, load_bundle
+from sdk_tools.figures import prediction_error
 from sdk_tools.memory_cap import create_cgroup_cap
 from sdk_tools.runner.isolation import child_env, crash_message, describe_exit, neutral_path, python_command
 from sdk_tools.runner.train import TrainConfig
@@ -51,9 +52,8 @@ class Measurement:
 
     @property
     def prediction_error(self) -> float:
-        """(predicted - measured) / measured: positive means the prediction was too high (a measured delta of 0 or
-        less counts as 1 byte: the figure stays a finite JSON number)."""
-        return (self.predicted_peak_bytes - self.peak_delta_bytes) / max(self.peak_delta_bytes, 1)
+        """See ``sdk_tools.figures.prediction_error``: positive means the prediction was too high."""
+        return prediction_error(self.predicted_peak_bytes, self.peak_delta_bytes)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "prediction_error": self.prediction_error}

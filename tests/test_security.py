@@ -1,8 +1,8 @@
 """Hostile and careless input, tried for real (docs/security.md): received bundles, checkpoints and data files.
 
 Bundles are exported once per session (one ExecuTorch, one ONNX Runtime MLP) and copied per attack; the runtimes
-are the real ones. The command line is driven in-process (``sdk_tools.cli.main``) where only its error handling
-is under test, and as a subprocess where the process boundary is the point (a crash, the working directory).
+are the real ones. The command line is driven in-process (``sdk_tools.cli.main``, one interpreter start fewer per
+case); the children it starts (the measuring worker, the forked preflight) are real processes.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,21 +117,18 @@ def test_manifest_naming_subprocess_run_runs_nothing(
 
 
 def test_python_file_in_bundle_dir_is_not_imported_and_measure_checkpoint_works(
-    et_bundle: Path, tmp_path: Path
+    et_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bundle = copy_bundle(et_bundle, tmp_path)
     marker = tmp_path / "imported"
     for name in ("torch.py", "sdk_tools.py", "exporters.py", "json.py"):
         (bundle / name).write_text(f"open({str(marker)!r}, 'w').close()\n")
-    # -P: the parent as the ``memwall`` script starts it (a script never has the cwd on its path); the child is
-    # the one under test, and it used to put the bundle directory first on its path.
-    proc = subprocess.run(
-        [sys.executable, "-P", "-m", "sdk_tools.cli", "measure", ".", "--steps", "2", "--eval-split", "",
-         "--checkpoint", "ck.safetensors", "--json"],
-        cwd=bundle, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout)["train"]["steps_run"] == 2
+    # Run from inside the bundle, as a user would: the measuring child used to put this directory first on its
+    # path. The CLI runs in-process (one interpreter fewer); the child under test is a real one.
+    monkeypatch.chdir(bundle)
+    status = main(["measure", ".", "--steps", "2", "--eval-split", "", "--checkpoint", "ck.safetensors", "--json"])
+    out = capsys.readouterr().out
+    assert status == 0 and json.loads(out)["train"]["steps_run"] == 2
     assert (bundle / "ck.safetensors").is_file()  # --checkpoint, relative to where the user ran the command
     assert not marker.exists()
 
@@ -155,6 +150,14 @@ def test_onnx_external_data_initializer_is_refused(ort_bundle: Path, tmp_path: P
         tensor.external_data.add(key=key, value=value)
     replace_file(bundle, "training_model", model.SerializeToString())
     with pytest.raises(BundleError, match="external data"):
+        load_bundle(bundle)
+
+
+def test_unlisted_checkpoint_external_data_is_refused(ort_bundle: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(ort_bundle, tmp_path)
+    load_bundle(bundle)
+    (bundle / "checkpoint.data").write_bytes(b"\0" * 64)
+    with pytest.raises(BundleError, match="does not list it"):
         load_bundle(bundle)
 
 

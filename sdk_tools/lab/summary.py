@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
+from sdk_tools.figures import prediction_error
+
 MAX_LABEL_CHARS = 500
 
 
@@ -56,10 +58,11 @@ def measured_peak_bytes(memory: dict[str, Any] | None) -> int | None:
 
 
 def error_pct(predicted: int, measured: int | None) -> float | None:
-    """Signed prediction error relative to the prediction: positive means the run used more than planned."""
-    if measured is None or predicted <= 0:
+    """The prediction error in percent, as ``memwall measure`` and the benchmarks print it
+    (``sdk_tools.figures.prediction_error``): positive means the prediction was too high."""
+    if measured is None or measured <= 0:
         return None
-    return round(100.0 * (measured - predicted) / predicted, 2)
+    return round(100.0 * prediction_error(predicted, measured), 2)
 
 
 def iso_utc(value: datetime) -> str:

@@ -12,15 +12,17 @@ Two hazards, two answers (docs/security.md):
   method once in a forked child first: a crash there becomes a ``BundleError`` naming the signal.
 
 Why fork, not a fresh interpreter: the parent has imported torch and ExecuTorch already, and a forked child
-shares those pages. Measured on the MLP bundle (2-core VM, load average 15 from other jobs): a ``python -m`` child
-that imports the runtime and loads the program took 4.9 s wall; the fork preflight (load, one training call, one
-prediction) takes 0.14-0.25 s (``open_session`` with and without ``preflight``, 2026-12-07).
-The child touches no thread pool the parent started (ExecuTorch's pool is re-made with one thread, torch's ops
-on the small zero batches stay on the calling thread) and leaves by ``os._exit``, running no parent cleanup.
+shares those pages. On the MLP bundle a preflight in a fresh ``python -m`` child (importing the runtime, loading the
+program) was measured at 4.9 s wall by an earlier attempt; the fork preflight (load, one training call, one
+prediction) takes 0.14-0.25 s (``open_session`` with and without ``preflight``, 2-core VM at load average 15,
+2026-12-07). The child uses no thread the parent started: ExecuTorch re-makes its pool after a fork
+(extension/threadpool's ``child_atfork``), torch is set to one thread, and the child leaves by ``os._exit``,
+running no parent cleanup.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -74,6 +76,7 @@ def run_forked(work: Callable[[], None], what: str, timeout_s: float = 120.0) ->
     pid = os.fork()
     if pid == 0:  # the child: never returns into the parent's code
         os.close(read_fd)
+        faulthandler.disable()  # a crash here is expected and reported by the parent: no stack dump on stderr
         status = 0
         try:
             work()

@@ -141,5 +141,6 @@ def test_derived_numbers() -> None:
     assert plan_label({"fp16": False}) == "baseline"
     assert measured_peak_bytes({"peak_rss_bytes": 150, "baseline_bytes": 50}) == 100
     assert measured_peak_bytes({"baseline_bytes": 50}) is None
-    assert error_pct(100, 110) == 10.0
+    assert error_pct(110, 100) == 10.0  # predicted 10% too high
+    assert error_pct(100, 125) == -20.0  # the run used more than predicted
     assert error_pct(100, None) is None
