@@ -60,7 +60,7 @@ def test_rewritten_layer_trains_like_eager(tmp_path: Path, row: str, backend: st
     assert check_cell(ROWS_BY_NAME[row], backend, tmp_path) == Cell("trains", rewrite)
 
 
-# The model zoo: real architectures beyond memwall's reference models, trained 3 SGD steps in the runtime.
+# The model zoo: real architectures beyond memwall's reference models, trained 5 SGD steps in the runtime.
 class CifarCNN(nn.Module):
     """ExecuTorch's CIFAR training example's shape: (conv -> ReLU -> max-pool) x 2 -> linear, at 3x16x16."""
 
@@ -128,9 +128,27 @@ class TinyResNet(nn.Module):
         return self.fc(self.pool(self.blocks(self.stem(x))).flatten(1))
 
 
-ZOO = {"cifar_cnn": CifarCNN, "groupnorm_cnn": GroupNormCNN, "resnet_tiny": TinyResNet}
-ZOO_SHAPE, ZOO_BATCH, ZOO_LR = (3, 16, 16), 4, 0.1
-# Three float32 steps of a small network: the runtimes' summation order differs from eager by ~1e-7 relative.
+class GRUClassifier(nn.Module):
+    """A small sequence classifier: a GRU over 8 steps of 6 features, the last hidden state to 10 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(6, 16, batch_first=True)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.rnn(x)[0][:, -1])
+
+
+IMAGE, SEQUENCE = (3, 16, 16), (8, 6)
+ZOO = {
+    "cifar_cnn": (CifarCNN, IMAGE),
+    "groupnorm_cnn": (GroupNormCNN, IMAGE),
+    "resnet_tiny": (TinyResNet, IMAGE),
+    "gru_classifier": (GRUClassifier, SEQUENCE),
+}
+ZOO_BATCH, ZOO_LR, ZOO_STEPS = 4, 0.1, 5
+# Five float32 steps of a small network: the runtimes' summation order differs from eager by ~1e-7 relative.
 RTOL, ATOL = 1e-4, 1e-5
 
 
@@ -138,7 +156,8 @@ RTOL, ATOL = 1e-4, 1e-5
 @pytest.mark.parametrize("name", list(ZOO))
 def test_model_zoo_trains_like_eager(tmp_path: Path, name: str, backend: str) -> None:
     torch.manual_seed(0)
-    model = ZOO[name]()
+    factory, shape = ZOO[name]
+    model = factory()
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):  # non-trivial statistics, so freezing them is exercised
             module.running_mean.uniform_(-0.1, 0.1)
@@ -146,7 +165,7 @@ def test_model_zoo_trains_like_eager(tmp_path: Path, name: str, backend: str) ->
     bundle = export_bundle(
         model,
         tmp_path / name,
-        sample_shape=ZOO_SHAPE,
+        sample_shape=shape,
         batch_size=ZOO_BATCH,
         backend=backend,
         optimizer=OptimizerConfig(kind="sgd", lr=ZOO_LR),
@@ -154,9 +173,9 @@ def test_model_zoo_trains_like_eager(tmp_path: Path, name: str, backend: str) ->
     eager = prepare_for_training_export(model)
     optimizer = torch.optim.SGD(eager.parameters(), lr=ZOO_LR)
     session = open_session(bundle)
-    for step in range(3):
+    for step in range(ZOO_STEPS):
         gen = torch.Generator().manual_seed(step)
-        x, y = torch.randn((ZOO_BATCH, *ZOO_SHAPE), generator=gen), torch.randint(0, 10, (ZOO_BATCH,), generator=gen)
+        x, y = torch.randn((ZOO_BATCH, *shape), generator=gen), torch.randint(0, 10, (ZOO_BATCH,), generator=gen)
         loss, _ = session.train_step([(x, y)])
         optimizer.zero_grad()
         expected = F.cross_entropy(eager(x), y)
