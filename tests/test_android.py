@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import torch
 
+from exporters.bundle import ParameterSpec
 from exporters.config import OptimizerConfig
 from sdk_tools.lab.client import bundle_section, get_json
 from sdk_tools.runner.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -127,7 +128,9 @@ def test_checkpoints_move_between_the_python_and_kotlin_runners(built: Path, tmp
     config = OptimizerConfig(kind="adamw", lr=3e-3, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.05)
     manifest = _fc_manifest(tmp_path, config)
     sha = hashlib.sha256(manifest.read_bytes()).hexdigest()
-    bundle = SimpleNamespace(manifest_sha256=sha)
+    # load_checkpoint checks the tensors by name, shape and dtype against the bundle's trainable parameters.
+    trainable = [ParameterSpec(**spec) for spec in json.loads(manifest.read_text())["trainable"]]
+    bundle = SimpleNamespace(manifest_sha256=sha, manifest=SimpleNamespace(trainable=trainable))
     # Python trains 2 steps and saves; Kotlin resumes that file, takes 3 more steps, saves; Python resumes Kotlin's.
     gen = torch.Generator().manual_seed(5)
     params = {"model.fc.weight": torch.randn(2, 3, generator=gen), "model.fc.bias": torch.randn(2, generator=gen)}

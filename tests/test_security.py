@@ -222,6 +222,24 @@ def test_corrupted_hash_valid_pte_is_a_clear_error_not_a_dead_cli(
     assert "crashed (killed by SIG" in err and "re-export" in err
 
 
+def test_onnxruntime_crash_is_a_clear_error_not_a_dead_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONNX Runtime 1.19.2's AveragePoolGrad dies with SIGFPE (measured): exported without memwall's average-pool
+    rewrite, a bundle ORT loads kills the process at its first step. The preflight child makes that one line."""
+    monkeypatch.setattr("exporters.techniques.onnx_symbolics.all_rewrites", lambda: ())
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.AvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(64, 10)
+    )
+    bundle = tmp_path / "avgpool"
+    export_bundle(model, bundle, sample_shape=(1, 8, 8), batch_size=4, backend="onnxruntime", verify=False)
+    with pytest.raises(BundleError, match=r"crashed \(killed by SIGFPE\)"):
+        open_session(load_bundle(bundle))
+    err = cli_error(capsys, "train", str(bundle), "--steps", "1", "--eval-split", "")
+    assert "crashed (killed by SIGFPE)" in err and "re-export" in err
+
+
 # --- numbers that are not numbers -----------------------------------------------------------------------------------
 
 

@@ -33,7 +33,7 @@ from exporters.techniques.fused_update import LR_INPUT, STATE_PREFIX
 from sdk_tools.runner.checkpoint import copy_checked
 from sdk_tools.runner.isolation import run_forked
 from sdk_tools.runner.optim import Optimizer
-from sdk_tools.runner.session import TORCH_DTYPES, TrainingSession
+from sdk_tools.runner.session import TrainingSession
 
 GRADIENTS_INDEX = "__et_training_gradients_index_"
 PARAMETERS_INDEX = "__et_training_parameters_index_"
@@ -130,10 +130,7 @@ class ExecuTorchSession(TrainingSession):
         """In the forked child: load, step, predict. The parent's thread pools have no threads here: torch's
         work stays on this thread; ExecuTorch re-makes its pool after a fork (extension/threadpool)."""
         torch.set_num_threads(1)
-        session = ExecuTorchSession(bundle, threads=threads, preflight=False)
-        inputs = torch.zeros(session.manifest.inputs[0].shape)
-        session.train_step([(inputs, session._zero_labels())])
-        session.predict(inputs)
+        ExecuTorchSession(bundle, threads=threads, preflight=False).run_once()
 
     def _trained_names(self) -> list[str]:
         """The trained parameters in output order; records where gradients and parameters start."""
@@ -156,13 +153,9 @@ class ExecuTorchSession(TrainingSession):
     def parameters(self) -> dict[str, torch.Tensor]:
         if self._params is None:
             # The runtime hands out its weight tensors only as outputs of a step: run one, discard it.
-            self._run(torch.zeros(self.manifest.inputs[0].shape), self._zero_labels())
+            self._run(torch.zeros(self.manifest.inputs[0].shape), self.zero_labels())
         assert self._params is not None
         return self._params
-
-    def _zero_labels(self) -> torch.Tensor:
-        spec = self.manifest.labels
-        return torch.zeros(spec.shape, dtype=TORCH_DTYPES[spec.dtype])
 
     def forward_backward(
         self, inputs: torch.Tensor, labels: torch.Tensor
@@ -269,7 +262,7 @@ class FusedExecuTorchSession(ExecuTorchSession):
 
     def _state(self) -> dict[str, torch.Tensor]:
         if self._buffers is None:
-            self._call(torch.zeros(self.manifest.inputs[0].shape), self._zero_labels(), step=0)
+            self._call(torch.zeros(self.manifest.inputs[0].shape), self.zero_labels(), step=0)
             assert self._buffers is not None
             with torch.no_grad():
                 # The dry run left values in the state buffers that the next step ignores; a checkpoint taken

@@ -6,7 +6,8 @@ Two hazards, two answers (docs/security.md):
   started inside a received bundle, the measuring child imported a ``torch.py`` lying there. Children run
   ``python -P`` (no unsafe path entry, Python 3.11) in an empty temporary directory; the parent resolves every
   path it passes them first.
-- **A runtime that crashes.** ExecuTorch trusts a program's flatbuffer: a .pte whose bytes were changed and whose
+- **A runtime that crashes.** ONNX Runtime 1.19.2 loads graphs it then dies on (its AveragePoolGrad raises SIGFPE).
+  ExecuTorch trusts a program's flatbuffer: a .pte whose bytes were changed and whose
   sha256 in the manifest was updated to match loads, and then segfaults (or aborts) inside the runtime. In the
   CLI's own process that is a dead command with no message. ``preflight`` loads the program and runs each
   method once in a forked child first: a crash there becomes a ``BundleError`` naming the signal.

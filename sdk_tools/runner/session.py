@@ -48,6 +48,16 @@ class TrainingSession(ABC):
         self.bundle = bundle
         self.manifest = bundle.manifest
 
+    def zero_labels(self) -> torch.Tensor:
+        spec = self.manifest.labels
+        return torch.zeros(spec.shape, dtype=TORCH_DTYPES[spec.dtype])
+
+    def run_once(self) -> None:
+        """One training call and one prediction on zeros: what a preflight child runs (``isolation.run_forked``)."""
+        inputs = torch.zeros(self.manifest.inputs[0].shape)
+        self.train_step([(inputs, self.zero_labels())])
+        self.predict(inputs)
+
     def check_batch(self, inputs: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         check_tensor(inputs, self.manifest.inputs[0], "input")
         if labels is not None:

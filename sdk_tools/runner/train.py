@@ -77,8 +77,8 @@ class TrainResult:
 def open_session(bundle: Bundle, threads: int | None = None, preflight: bool = True) -> TrainingSession:
     """Load ``bundle`` into the runtime its manifest names. ``threads``: ExecuTorch's thread pool size (default:
     the manifest's ``backend_options.runtime.threads``), settable only before the process loads its first program.
-    ``preflight``: ExecuTorch programs run once in a forked child first, where a crash becomes a ``BundleError``
-    (sdk_tools/runner/isolation.py).
+    ``preflight``: the program runs once in a forked child first, where a crash of the runtime becomes a
+    ``BundleError`` (sdk_tools/runner/isolation.py).
     """
     backend = bundle.manifest.backend
     if backend == "executorch":
@@ -88,7 +88,7 @@ def open_session(bundle: Bundle, threads: int | None = None, preflight: bool = T
     if backend == "onnxruntime":
         from sdk_tools.runner.onnxruntime_session import OnnxRuntimeSession
 
-        return OnnxRuntimeSession(bundle)
+        return OnnxRuntimeSession(bundle, preflight=preflight)
     raise ValueError(f"bundle backend {backend!r} has no runner in this memwall")
 
 
