@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from exporters.bundle import Bundle, BundleError
 from sdk_tools.lab.cli import add_lab_parser
 from sdk_tools.lab.client import LabClientError
+from sdk_tools.quiet import quiet_library_chatter
 
 
 def _print_json(data: Any) -> None:
@@ -610,6 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_library_chatter()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
