@@ -31,9 +31,8 @@ from exporters.bundle import Bundle, BundleError
 from exporters.config import OptimizerConfig
 from exporters.techniques.fused_update import LR_INPUT, STATE_PREFIX
 from sdk_tools.runner.checkpoint import copy_checked
-from sdk_tools.runner.isolation import run_forked
 from sdk_tools.runner.optim import Optimizer
-from sdk_tools.runner.session import TrainingSession
+from sdk_tools.runner.session import TrainingSession, run_once_in_child
 
 GRADIENTS_INDEX = "__et_training_gradients_index_"
 PARAMETERS_INDEX = "__et_training_parameters_index_"
@@ -97,7 +96,7 @@ class ExecuTorchSession(TrainingSession):
 
     def __init__(self, bundle: Bundle, threads: int | None = None, preflight: bool = True) -> None:
         """``preflight``: first load the program and run one training call and one prediction in a forked child
-        (``isolation.run_forked``), so a malformed program that crashes the runtime ends in a ``BundleError``,
+        (``session.run_once_in_child``), so a malformed program that crashes the runtime ends in a ``BundleError``,
         not in a dead process. The measuring worker skips it: its parent reports a crash the same way."""
         global _PROGRAM_LOADED
         super().__init__(bundle)
@@ -107,7 +106,7 @@ class ExecuTorchSession(TrainingSession):
         self._predict_name = methods["predict"]["name"]
         program = bundle.path("program")
         if preflight:
-            run_forked(lambda: self._preflight(bundle, self.threads), f"{program}")
+            run_once_in_child(lambda: ExecuTorchSession(bundle, self.threads, preflight=False), str(program))
         # Module, not _load_program + load_method: methods loaded one by one from a program share planned
         # memory in 1.5.1, so running predict overwrote the training method's weights (measured).
         try:
@@ -124,13 +123,6 @@ class ExecuTorchSession(TrainingSession):
             )
         self._params: dict[str, torch.Tensor] | None = None
         self.optimizer: Optimizer | None = None
-
-    @staticmethod
-    def _preflight(bundle: Bundle, threads: int) -> None:
-        """In the forked child: load, step, predict. The parent's thread pools have no threads here: torch's
-        work stays on this thread; ExecuTorch re-makes its pool after a fork (extension/threadpool)."""
-        torch.set_num_threads(1)
-        ExecuTorchSession(bundle, threads=threads, preflight=False).run_once()
 
     def _trained_names(self) -> list[str]:
         """The trained parameters in output order; records where gradients and parameters start."""

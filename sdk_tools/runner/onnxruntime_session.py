@@ -27,9 +27,8 @@ import torch
 from exporters.bundle import Bundle, BundleError, atomic_write_bytes
 from exporters.config import OptimizerConfig
 from sdk_tools.runner.checkpoint import CheckpointError, copy_checked
-from sdk_tools.runner.isolation import run_forked
 from sdk_tools.runner.optim import Optimizer
-from sdk_tools.runner.session import InputError, TrainingSession
+from sdk_tools.runner.session import InputError, TrainingSession, run_once_in_child
 
 ORT_CHECKPOINT_KEY = "optimizer/onnxruntime_checkpoint"
 OPTIMIZER_PREFIX = "optimizer/"
@@ -57,11 +56,13 @@ def _return_large_frees_to_the_system() -> None:
 class OnnxRuntimeSession(TrainingSession):
     def __init__(self, bundle: Bundle, cpu_mem_arena: bool | None = None, preflight: bool = True) -> None:
         """``preflight``: first load the bundle and run one training call and one prediction in a forked child
-        (``isolation.run_forked``): ORT 1.19.2 can kill the process on a program it accepts (AveragePoolGrad dies
+        (``session.run_once_in_child``): ORT 1.19.2 can kill the process on a program it accepts (AveragePoolGrad dies
         with SIGFPE, measured), and then that ends in a ``BundleError``, not a dead CLI. The measuring worker skips
         it: its parent reports a crash the same way."""
         if preflight:
-            run_forked(lambda: self._preflight(bundle, cpu_mem_arena), str(bundle.path("training_model")))
+            run_once_in_child(
+                lambda: OnnxRuntimeSession(bundle, cpu_mem_arena, preflight=False), str(bundle.path("training_model"))
+            )
         super().__init__(bundle)
         options = self.manifest.backend_options
         self.cpu_mem_arena: bool = options["cpu_mem_arena"] if cpu_mem_arena is None else cpu_mem_arena
@@ -74,13 +75,6 @@ class OnnxRuntimeSession(TrainingSession):
         if not self.cpu_mem_arena:
             _return_large_frees_to_the_system()
         self._open(bundle.path("checkpoint"))
-
-    @staticmethod
-    def _preflight(bundle: Bundle, cpu_mem_arena: bool | None) -> None:
-        """In the forked child: load, step, predict. The parent's thread pools have no threads here: torch's work
-        stays on this thread; the child's ORT sessions make their own pools."""
-        torch.set_num_threads(1)
-        OnnxRuntimeSession(bundle, cpu_mem_arena, preflight=False).run_once()
 
     def _open(self, checkpoint: Path) -> None:
         from onnxruntime import SessionOptions

@@ -7,11 +7,13 @@ interface, so both runtimes are driven the same way.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 
 from exporters.bundle import Bundle, Manifest, TensorSpec
 from exporters.losses import LabelEncoding
+from sdk_tools.runner.isolation import run_forked
 
 TORCH_DTYPES = {
     "float32": torch.float32,
@@ -53,7 +55,7 @@ class TrainingSession(ABC):
         return torch.zeros(spec.shape, dtype=TORCH_DTYPES[spec.dtype])
 
     def run_once(self) -> None:
-        """One training call and one prediction on zeros: what a preflight child runs (``isolation.run_forked``)."""
+        """One training call and one prediction on zeros: what a preflight child runs (``run_once_in_child``)."""
         inputs = torch.zeros(self.manifest.inputs[0].shape)
         self.train_step([(inputs, self.zero_labels())])
         self.predict(inputs)
@@ -86,3 +88,15 @@ class TrainingSession(ABC):
         """Trainable parameters by runtime name (copies)."""
         _, tensors = self.state_tensors()
         return {spec.name: tensors[spec.name].clone() for spec in self.manifest.trainable}
+
+
+def run_once_in_child(open_unchecked: Callable[[], TrainingSession], what: str) -> None:
+    """Open the bundle and run it once in a forked child (``isolation.run_forked``), so a program that crashes the
+    runtime ends in a ``BundleError`` naming the signal, not in a dead process. The parent's thread pools have no
+    threads in the child: torch's work stays on its one thread; ExecuTorch and ORT make their pools anew."""
+
+    def child() -> None:
+        torch.set_num_threads(1)
+        open_unchecked().run_once()
+
+    run_forked(child, what)
