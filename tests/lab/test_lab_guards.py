@@ -78,10 +78,15 @@ def test_nul_in_a_name_or_filter_is_a_clear_422(api, rows) -> None:
     ids=["2 MB header", "20,000 headers", "200 kB URL"],
 )
 def test_oversized_request_heads_are_refused(request_bytes, lab_server, api) -> None:
-    with socket.create_connection(("127.0.0.1", lab_server.port), timeout=30) as connection:
-        connection.sendall(request_bytes)
-        answer = connection.recv(200)
-    assert answer.startswith(b"HTTP/1.1 4"), answer
+    # The server may answer 4xx and close while the client is still sending 2 MB: the kernel then resets the
+    # connection and can drop the answer (seen on an idle machine). A reset is the server refusing the head too.
+    try:
+        with socket.create_connection(("127.0.0.1", lab_server.port), timeout=30) as connection:
+            connection.sendall(request_bytes)
+            answer = connection.recv(200)
+        assert answer.startswith(b"HTTP/1.1 4"), answer
+    except (BrokenPipeError, ConnectionResetError):
+        pass
     assert api.get("/api/v1/health").status == 200
 
 
