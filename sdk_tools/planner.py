@@ -266,13 +266,13 @@ class Planner:
         return found
 
     def _set_results(self, sets: list[TrainingPlan], limit: int) -> Iterator[SetResult]:
-        """Each set's search result, in the order of ``sets``, until the caller stops asking. Sets nobody works on
-        go to idle lanes (ahead of need); this process searches the set it needs next, or, while a lane has that
-        one, the next set nobody has taken."""
-        with _lanes(self, self.workers - 1, limit) as lanes:
+        """Each set's search result, in the order of ``sets``, until the caller stops asking. This process searches
+        the set it needs next, or, while a lane has that one, the next set nobody has taken; idle lanes take the
+        sets after it (ahead of need), except one whose fastest variant is cached (quick here; no lane started)."""
+        lanes = [_Lane(self, limit) for _ in range(self.workers - 1)]
+        try:
             results: dict[int, SetResult] = {}
             taken: dict[int, Any] = {}  # set index -> a lane's pending result
-            busy: list[Any] = [None] * len(lanes)
             ahead = 0  # sets before it are done or taken
             for i in range(len(sets)):
                 while i not in results:
@@ -280,12 +280,20 @@ class Planner:
                         results[i] = taken.pop(i).get()
                         continue
                     mine, ahead = ahead, ahead + 1
-                    for n, lane in enumerate(lanes):
-                        if ahead < len(sets) and (busy[n] is None or busy[n].ready()):
-                            busy[n] = taken[ahead] = lane.apply_async(_search_in_lane, (sets[ahead],))
+                    for lane in lanes:
+                        if ahead < len(sets) and lane.idle() and not self._cached(sets[ahead]):
+                            taken[ahead] = lane.submit(sets[ahead])
                             ahead += 1
                     results[mine] = self.search_set(sets[mine], limit)
                 yield results.pop(i)
+        finally:
+            for lane in lanes:
+                lane.stop()
+
+    def _cached(self, base: TrainingPlan) -> bool:
+        """Whether the set's fastest variant is exported already (in this cache directory)."""
+        plan = base if base.speed is not None or self.speed is None else replace(base, speed=self.speed)
+        return (self.bundle_dir(plan) / "manifest.json").exists()
 
     def search_set(self, base: TrainingPlan, limit: int) -> SetResult:
         """One trainable set's plan that fits ``limit`` (None: none does) and every plan exported on the way."""
@@ -342,23 +350,32 @@ class SetResult:
     tried: list[TrainingPlan]  # every plan of the set exported (or reused) on the way, in order
 
 
-@contextlib.contextmanager
-def _lanes(planner: Planner, count: int, limit: int) -> Iterator[list[Any]]:
-    """``count`` single-process pools that search trainable sets for ``planner`` at ``limit``; stopped on exit (a
-    speculative search nobody waits for leaves a staging directory, never a bundle without its manifest)."""
-    if count < 1:
-        yield []
-        return
-    # Spawned, not forked: a forked child of a process that ran torch's OpenMP kernels can hang in its first
-    # parallel region. Starting one costs its imports (about 8 s CPU), side by side with this process's first set.
-    spawn = multiprocessing.get_context("spawn")
-    config = {f.name: getattr(planner, f.name) for f in fields(planner) if f.name not in ("log", "workers")}
-    lanes = [spawn.Pool(1, initializer=_start_lane, initargs=(config, limit)) for _ in range(count)]
-    try:
-        yield lanes
-    finally:
-        for lane in lanes:
-            lane.terminate()
+class _Lane:
+    """A spawned process that searches trainable sets for a planner at one limit, started on its first set."""
+
+    def __init__(self, planner: Planner, limit: int) -> None:
+        self._config = {f.name: getattr(planner, f.name) for f in fields(planner) if f.name not in ("log", "workers")}
+        self._limit = limit
+        self._pool: Any = None
+        self._last: Any = None  # the result of the set it was given last
+
+    def idle(self) -> bool:
+        return self._last is None or self._last.ready()
+
+    def submit(self, base: TrainingPlan) -> Any:
+        if self._pool is None:
+            # Spawned, not forked: a forked child of a process that ran torch's OpenMP kernels can hang in its
+            # first parallel region. Starting one costs its imports (about 8 s CPU), beside this process's work.
+            spawn = multiprocessing.get_context("spawn")
+            self._pool = spawn.Pool(1, initializer=_start_lane, initargs=(self._config, self._limit))
+        self._last = self._pool.apply_async(_search_in_lane, (base,))
+        return self._last
+
+    def stop(self) -> None:
+        """Stop it, with any set it is still searching (an export stopped midway leaves a staging directory,
+        never a bundle without its manifest)."""
+        if self._pool is not None:
+            self._pool.terminate()
 
 
 _LANE: tuple[Planner, int] | None = None  # a lane process's planner and limit
