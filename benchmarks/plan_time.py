@@ -6,7 +6,8 @@ The reference: ``memwall plan --budget 32MB`` for the demo's MobileNetV2 x0.5 at
 other processes report their own). Also the CLI itself, in a child process (imports included), for wall time.
 
     python benchmarks/plan_time.py --label NAME            # in-process stages + the CLI run
-    python benchmarks/plan_time.py --label NAME --no-cli   # stages only
+    python benchmarks/plan_time.py --label NAME --no-cli   # stages only (--workers 2: as the CLI searches)
+    python benchmarks/plan_time.py --render                # the Markdown again from the JSON
 """
 
 from __future__ import annotations
@@ -89,13 +90,16 @@ def plan_in_process(budget_bytes: int, work: Path, workers: int) -> dict[str, An
         "stages": dict(clock.seconds),
         "calls": dict(clock.calls),
         "candidates": candidates,
-        "report": report.to_json(),
+        "report": report.to_json(bundles=False),
         "table": format_report(report),
     }
 
 
-def format_run(label: str, run: dict[str, Any]) -> list[str]:
+def format_run(label: str, run: dict[str, Any], reference: dict[str, Any] | None) -> list[str]:
     lines = [f"## {label}", "", run["meta"], ""]
+    if reference is not None and reference is not run and "report" in run:
+        same = run["report"] == reference["report"]
+        lines += [f"Report (plans, predicted peaks, arenas, everything tried) equal to the first run's: **{same}**", ""]
     if "stages" in run:
         lines += ["| stage | CPU s |", "|---|---|"]
         lines += [f"| {s} | {run['stages'][s]:.1f} |" for s in STAGES if run["stages"].get(s)]
@@ -113,14 +117,34 @@ def format_run(label: str, run: dict[str, Any]) -> list[str]:
     return lines
 
 
+def write_results(out: Path, label: str | None, run: dict[str, Any] | None) -> list[str]:
+    """Add ``run`` under ``label`` to the JSON results (if given), write the Markdown of every run; ``run``'s lines."""
+    results_json = out.with_suffix(".json")
+    results: dict[str, Any] = json.loads(results_json.read_text()) if results_json.exists() else {}
+    if label is not None:
+        results[label] = run
+        results_json.write_text(json.dumps(results, indent=1) + "\n")
+    reference = next((r for r in results.values() if "report" in r), None)
+    text = ["# memwall plan time (MobileNetV2 x0.5 32x32, batch 8, budget 32 MB)", ""]
+    text += [line for name, r in results.items() for line in format_run(name, r, reference)]
+    out.write_text("\n".join(text))
+    return format_run(label, run, reference) if label is not None and run is not None else []
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--label", required=True)
+    parser.add_argument("--label", help="the run's name in the results (needed unless --render)")
     parser.add_argument("--workers", type=int, default=1, help="the in-process run's Planner(workers=...)")
     parser.add_argument("--no-stages", action="store_true", help="skip the in-process run")
     parser.add_argument("--no-cli", action="store_true", help="skip the CLI run")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--render", action="store_true", help="only write the Markdown again from the JSON")
     args = parser.parse_args()
+    if args.render:
+        write_results(args.out, None, None)
+        return 0
+    if not args.label:
+        parser.error("--label is needed to run")
     torch.set_num_threads(1)
     load = os.getloadavg()
     run: dict[str, Any] = {
@@ -135,14 +159,7 @@ def main() -> int:
         if not args.no_cli:
             run["cli"] = time_plan("32MB", Path(tmp) / "cli", timeout=3000)
     run["meta"] += f", load {os.getloadavg()[0]:.1f} at end"
-    results_json = args.out.with_suffix(".json")
-    results: dict[str, Any] = json.loads(results_json.read_text()) if results_json.exists() else {}
-    results[args.label] = run
-    results_json.write_text(json.dumps(results, indent=1) + "\n")
-    text = ["# memwall plan time (MobileNetV2 x0.5 32x32, batch 8, budget 32 MB)", ""]
-    text += [line for label, r in results.items() for line in format_run(label, r)]
-    args.out.write_text("\n".join(text))
-    print("\n".join(format_run(args.label, run)))
+    print("\n".join(write_results(args.out, args.label, run)))
     return 0
 
 

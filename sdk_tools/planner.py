@@ -70,8 +70,9 @@ class Candidate:
     def trainable_parameters(self) -> int:
         return sum(p.numel for p in self.bundle.manifest.trainable)
 
-    def to_json(self) -> dict:
-        return {
+    def to_json(self, bundle: bool = True) -> dict:
+        """``bundle``: with where the bundle is (False: only the plan and its figures, to compare searches)."""
+        data = {
             "plan": self.plan.to_json(),
             "description": self.plan.describe(),
             "bundle": str(self.bundle.directory),
@@ -79,6 +80,9 @@ class Candidate:
             "planned_arena_bytes": self.bundle.manifest.memory.planned_arena_bytes,
             "trainable_parameters": self.trainable_parameters,
         }
+        if not bundle:
+            del data["bundle"]
+        return data
 
 
 @dataclass
@@ -95,13 +99,13 @@ class PlanReport:
     def smallest(self) -> Candidate:
         return min(self.tried, key=lambda c: c.predicted_peak_bytes)
 
-    def to_json(self) -> dict:
+    def to_json(self, bundles: bool = True) -> dict:
         return {
             "budget_bytes": self.budget_bytes,
             "margin": self.margin,
             "limit_bytes": self.limit_bytes,
-            "fitting": [c.to_json() for c in self.fitting],
-            "tried": [c.to_json() for c in self.tried],
+            "fitting": [c.to_json(bundles) for c in self.fitting],
+            "tried": [c.to_json(bundles) for c in self.tried],
         }
 
 
