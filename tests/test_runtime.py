@@ -17,11 +17,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from exporters import ModelSpec, OptimizerConfig, export_bundle
+from exporters import FreezeConfig, ModelSpec, OptimizerConfig, apply_freeze, export_bundle
 from exporters.bundle import Bundle, BundleError, load_bundle
 from exporters.techniques.fused_update import FusedUpdateConfig
 from exporters.techniques.int8_weights import Int8WeightsConfig, quantize_frozen_weights
 from exporters.techniques.lora import LoraConfig, apply_lora
+from exporters.techniques.recompute import RecomputeConfig
 from exporters.techniques.speed_routes import SpeedConfig
 from sdk_tools.data.digits import DigitsSplit
 from sdk_tools.lab.schema import validate_report
@@ -35,6 +36,8 @@ BUILD = RUNTIME / "build"
 GOLDEN = ROOT / "tests" / "golden"
 STEPS = 20
 SAMPLES = 40  # 10 batches of 4: the stream wraps into a second epoch within 20 steps
+# SmallCNN at 8x8 has nothing whose recomputation lowers the arena ("method unchanged"); at 16x16 the sqrt cuts do.
+RECOMPUTE_SHAPE = (1, 16, 16)
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +77,22 @@ SGD_NESTEROV = OptimizerConfig(kind="sgd", lr=0.05, momentum=0.9, weight_decay=0
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Bundle]:
     """SGD+nesterov+weight decay with a frozen layer, AdamW over 2 micro-batches, AdamW fused into the program, an
-    MLP with LoRA adapters and an int8 frozen layer, and a SmallCNN whose frozen convolutions run on the XNNPACK
-    delegate (speed routes)."""
+    MLP with LoRA adapters and an int8 frozen layer, a SmallCNN whose frozen convolutions run on the XNNPACK
+    delegate (speed routes), an MLP that trains its biases only (TinyTL), and a SmallCNN whose forward activations
+    backward recomputes."""
     root = tmp_path_factory.mktemp("native-bundles")
+    bias_only = FreezeConfig(bias_only=True)
+    recompute = RecomputeConfig("sqrt")
+    recomputed = export_bundle(
+        make_model("small_cnn"),
+        root / "cnn-recompute",
+        sample_shape=RECOMPUTE_SHAPE,
+        batch_size=4,
+        optimizer=SGD_NESTEROV,
+        model_spec=ModelSpec("small_cnn", {}),
+        recompute=recompute,
+    )
+    assert recomputed.manifest.techniques == [{"name": "recompute", "config": recompute.to_json()}]
     lora = LoraConfig(rank=2, targets=("features.3",), trainable=("classifier.*",))
     int8 = Int8WeightsConfig(targets=("features.1",))
     adapted = quantize_frozen_weights(apply_lora(make_model("mlp"), lora), int8)
@@ -108,17 +124,22 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Bundle]:
         "fused": _mlp(root, "-fused", ADAMW, fused_update=FusedUpdateConfig()),
         "xnnpack": xnnpack,
         "lora-int8": lora_int8,
+        "bias-only": _mlp(root, "-bias", ADAMW, configure=lambda m: apply_freeze(m, bias_only)),
+        "recompute": recomputed,
     }
+
+
+def write_data(path: Path, sample_shape: tuple[int, ...]) -> Path:
+    gen = torch.Generator().manual_seed(7)
+    x = torch.rand((SAMPLES, *sample_shape), generator=gen)
+    y = torch.randint(0, 10, (SAMPLES,), generator=gen)
+    np.savez(path, x=x.numpy(), y=y.numpy())
+    return path
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    gen = torch.Generator().manual_seed(7)
-    path = tmp_path_factory.mktemp("native-data") / "data.npz"
-    x = torch.rand((SAMPLES, 1, 8, 8), generator=gen)
-    y = torch.randint(0, 10, (SAMPLES,), generator=gen)
-    np.savez(path, x=x.numpy(), y=y.numpy())
-    return path
+    return write_data(tmp_path_factory.mktemp("native-data") / "data.npz", REFERENCE_CASES["mlp"][1])
 
 
 def copy_bundle(bundle: Bundle, where: Path) -> Path:
@@ -184,10 +205,12 @@ def assert_same_state(native: dict[str, torch.Tensor], python: dict[str, torch.T
         torch.testing.assert_close(native[name], value, rtol=0, atol=atol, msg=name)
 
 
-@pytest.mark.parametrize("kind", ["sgd", "micro", "fused", "xnnpack", "lora-int8"])
+@pytest.mark.parametrize("kind", ["sgd", "micro", "fused", "xnnpack", "lora-int8", "bias-only", "recompute"])
 def test_native_trains_like_the_python_runner(
     kind: str, native: Path, bundles: dict[str, Bundle], data: Path, tmp_path: Path
 ) -> None:
+    if bundles[kind].manifest.sample_shape != REFERENCE_CASES["mlp"][1]:
+        data = write_data(tmp_path / "data.npz", bundles[kind].manifest.sample_shape)
     native_dir = copy_bundle(bundles[kind], tmp_path / "native")
     python_dir = copy_bundle(bundles[kind], tmp_path / "python")
     native_losses, out = run_native(native, native_dir, data, STEPS, "--eval-data", str(data))
@@ -201,7 +224,8 @@ def test_native_trains_like_the_python_runner(
     np.testing.assert_allclose(native_losses, python_losses, rtol=1e-6, atol=1e-6)
     native_state = load_file(native_dir / "checkpoint.safetensors")
     # SGD is PyTorch's rule bit for bit; AdamW's addcmul is not fused in torch's vector path (16+ elements).
-    assert_same_state(native_state, python_state, atol=0 if kind in ("sgd", "xnnpack", "lora-int8") else 1e-6)
+    exact = kind in ("sgd", "xnnpack", "lora-int8", "recompute")
+    assert_same_state(native_state, python_state, atol=0 if exact else 1e-6)
     with safe_open(str(native_dir / "checkpoint.safetensors"), framework="pt") as fh:
         metadata = fh.metadata()
     assert metadata == {
