@@ -42,6 +42,10 @@ RECOMPUTE_SHAPE = (1, 16, 16)
 
 @pytest.fixture(scope="module")
 def native() -> Path:
+    return build_runtime()
+
+
+def build_runtime() -> Path:
     """runtime/setup.sh builds (or finds up to date) libmemwall.a, memwall-run and memwall-golden."""
     env = {**os.environ, "MEMWALL_PYTHON": sys.executable}
     done = subprocess.run([str(RUNTIME / "setup.sh")], env=env, capture_output=True, text=True)
