@@ -12,6 +12,7 @@ the runner's own optimizer (sdk_tools/runner/optim.py), fed the batches memwall-
 
 from __future__ import annotations
 
+import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,3 +305,14 @@ def test_data_that_does_not_match_the_inputs_is_refused(
     np.savez(path, **arrays(tokens))
     bundle_dir = copy_bundle(two_input_bundles["sgd"], tmp_path / "bundle")
     assert expected in refusal(native, bundle_dir, path)
+
+
+def test_inputs_of_different_batch_sizes_are_refused(
+    native: Path, two_input_bundles: dict[str, Bundle], token_file: Path, tmp_path: Path
+) -> None:
+    """The data reader slices every input by the first one's batch: a manifest whose inputs disagree is refused."""
+    bundle_dir = copy_bundle(two_input_bundles["sgd"], tmp_path)
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest["inputs"][1]["shape"] = [BATCH - 1, SEQ]
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert "inputs[1] and inputs[0] differ in batch size" in refusal(native, bundle_dir, token_file)
