@@ -665,3 +665,19 @@ def test_the_native_reader_refuses_what_the_python_loader_refuses(
     bundle_dir = copy_bundle(bundles["sgd"], tmp_path / "unbatched")
     _edit_manifest(_set("inputs/0/shape", []))(bundle_dir)
     assert "inputs[0] has no batch dimension" in refusal(native, bundle_dir, data)
+
+
+def test_optimizer_settings_left_out_take_the_defaults(
+    native: Path, bundles: dict[str, Bundle], data: Path, tmp_path: Path
+) -> None:
+    """The schema requires only kind and lr; both runners fill the rest from OptimizerConfig's defaults (plain SGD)."""
+    trimmed = {"kind": "sgd", "lr": 0.05}
+    runs = []
+    for name in ("native", "python"):
+        bundle_dir = copy_bundle(bundles["sgd"], tmp_path / name)
+        _edit_manifest(_set("optimizer", trimmed))(bundle_dir)
+        runs.append(bundle_dir)
+    native_losses, _ = run_native(native, runs[0], data, 3)
+    python_losses, python_state = python_run(runs[1], data, 3)
+    np.testing.assert_array_equal(np.float32(native_losses), np.float32(python_losses))  # printed with 9 digits
+    assert_same_state(load_file(runs[0] / "checkpoint.safetensors"), python_state, atol=0)
