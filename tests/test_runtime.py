@@ -494,26 +494,29 @@ def test_bad_data_and_checkpoints_are_refused(
         assert len(done.stderr.splitlines()) == 1 and ("is corrupt" in done.stderr or "not a memwall" in done.stderr)
 
 
+def _parent(manifest: dict, path: str) -> tuple[dict | list, str | int]:
+    """The container holding the value at a "/"-separated path (list indices as numbers), and its key there."""
+    *parents, last = [int(p) if p.isdigit() else p for p in path.split("/")]
+    target = manifest
+    for key in parents:
+        target = target[key]
+    return target, last
+
+
 def _set(path: str, value: object) -> Callable[[dict], None]:
-    """A manifest edit: the value at a "/"-separated path (list indices as numbers) set to ``value``."""
+    """A manifest edit: the value at ``path`` set to ``value``."""
 
     def change(manifest: dict) -> None:
-        *parents, last = [int(p) if p.isdigit() else p for p in path.split("/")]
-        target = manifest
-        for key in parents:
-            target = target[key]
-        target[last] = value
+        target, key = _parent(manifest, path)
+        target[key] = value
 
     return change
 
 
 def _drop(path: str) -> Callable[[dict], None]:
     def change(manifest: dict) -> None:
-        *parents, last = [int(p) if p.isdigit() else p for p in path.split("/")]
-        target = manifest
-        for key in parents:
-            target = target[key]
-        del target[last]
+        target, key = _parent(manifest, path)
+        del target[key]
 
     return change
 
