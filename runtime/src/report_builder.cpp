@@ -18,6 +18,9 @@ namespace {
 using nlohmann::ordered_json;
 
 constexpr size_t kMaxSamples = 20000;  // report.v1's limit
+// This runtime's key in the manifest's memory.by_runtime and the report's run.runtime (exporters/bundle.py
+// NATIVE_RUNTIME): its prediction is the one a native run is compared with.
+constexpr const char* kRuntime = "memwall_native";
 constexpr const char* kUnknownDevice = "00000000-0000-4000-8000-000000000000";
 
 std::string first_line(const std::string& path) {
@@ -75,6 +78,17 @@ std::string now_iso() {
   char out[64];
   std::snprintf(out, sizeof(out), "%s.%03d+00:00", text, int(millis));
   return out;
+}
+
+// memory.by_runtime's prediction for this runtime; manifests from before by_runtime predict for the Python host
+// runner only, and their top-level figure (host_peak) is then all there is.
+int64_t native_prediction(const nlohmann::json& memory, int64_t host_peak) {
+  auto by_runtime = memory.find("by_runtime");
+  if (by_runtime == memory.end() || !by_runtime->is_object()) return host_peak;
+  auto mine = by_runtime->find(kRuntime);
+  if (mine == by_runtime->end() || !mine->is_object()) return host_peak;
+  auto peak = mine->find("predicted_peak_bytes");
+  return peak != mine->end() && peak->is_number_unsigned() ? peak->get<int64_t>() : host_peak;
 }
 
 }  // namespace
@@ -140,7 +154,7 @@ std::string build_report(const Bundle& bundle, const RunRecord& run, int32_t thr
     }
   }
   section["plan"] = plan;
-  section["predicted_peak_bytes"] = bundle.predicted_peak_bytes;
+  section["predicted_peak_bytes"] = native_prediction(manifest["memory"], bundle.predicted_peak_bytes);
   ordered_json predicted = ordered_json::object();
   for (auto it = manifest["memory"].begin(); it != manifest["memory"].end(); ++it) {
     if (it.value().is_number_integer()) predicted[it.key()] = it.value();
@@ -169,6 +183,7 @@ std::string build_report(const Bundle& bundle, const RunRecord& run, int32_t thr
   r["accuracy_before"] = accuracy(options ? options->accuracy_before : -1);
   r["accuracy_after"] = accuracy(options ? options->accuracy_after : -1);
   r["threads"] = std::max(1, threads);
+  r["runtime"] = kRuntime;
   report["run"] = r;
 
   ordered_json memory;
