@@ -30,9 +30,6 @@ NATIVE_BASE_BYTES = 1_540_000
 NATIVE_PER_OPERATOR_BYTES = 92_000
 # With XNNPACK delegates: XNNPACK's and cpuinfo's initialization and XNNPACK's code pages.
 NATIVE_XNNPACK_BYTES = 1_230_000
-# The part of the native overhead no bundle can shed: the kernel library's code pages that the first step faults in
-# (MLP above). Used as the runtime's share of the floor in runtime/benchmark.py.
-NATIVE_FIXED_BYTES = 3_000_000
 
 
 def native_runtime_overhead_bytes(backend_options: dict[str, Any]) -> int:

@@ -145,6 +145,7 @@ def test_the_native_prediction_holds_in_a_native_run(
     assert done.returncode == 0, done.stderr
     report = validate_report(json.loads(report_path.read_text()))
     assert report["run"]["runtime"] == NATIVE_RUNTIME
+    assert 0 < report["memory"]["file_backed_delta_bytes"] <= report["memory"]["peak_delta_bytes"] + 2**20
     predicted = bundle.manifest.memory.prediction_for(NATIVE_RUNTIME).predicted_peak_bytes
     assert report["bundle"]["predicted_peak_bytes"] == predicted
     error = error_pct(predicted, measured_peak_bytes(report["memory"]))

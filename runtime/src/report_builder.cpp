@@ -97,6 +97,7 @@ RunRecord::RunRecord() : started_at(now_iso()), start_(std::chrono::steady_clock
   MemorySample s = sample_memory();
   baseline_bytes = s.current_bytes;
   peak_bytes = s.current_bytes;
+  baseline_file_bytes = file_bytes = s.file_bytes;
   samples.emplace_back(0.0, s.current_bytes);
 }
 
@@ -104,6 +105,7 @@ void RunRecord::phase(const std::string& name) {
   MemorySample s = sample_memory();
   if (!current_phase.empty()) phase_peaks[current_phase] = std::max(phase_peaks[current_phase], s.peak_bytes);
   peak_bytes = std::max(peak_bytes, s.peak_bytes);
+  file_bytes = std::max(file_bytes, s.file_bytes);
   reset_memory_peak();
   current_phase = name;
   phase_peaks.emplace(name, s.current_bytes);
@@ -112,6 +114,7 @@ void RunRecord::phase(const std::string& name) {
 void RunRecord::sample() {
   MemorySample s = sample_memory();
   peak_bytes = std::max(peak_bytes, s.peak_bytes);
+  file_bytes = std::max(file_bytes, s.file_bytes);
   if (!current_phase.empty()) phase_peaks[current_phase] = std::max(phase_peaks[current_phase], s.peak_bytes);
   if (samples.size() < kMaxSamples) {
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
@@ -190,6 +193,7 @@ std::string build_report(const Bundle& bundle, const RunRecord& run, int32_t thr
   memory["peak_rss_bytes"] = run.peak_bytes;
   memory["baseline_bytes"] = run.baseline_bytes;
   memory["peak_delta_bytes"] = std::max<int64_t>(0, run.peak_bytes - run.baseline_bytes);
+  if (run.baseline_file_bytes >= 0) memory["file_backed_delta_bytes"] = std::max<int64_t>(0, run.file_bytes - run.baseline_file_bytes);
   ordered_json samples = ordered_json::array();
   for (const auto& [t, bytes] : run.samples) samples.push_back({{"t_ms", std::round(t * 1000) / 1000}, {"rss_bytes", bytes}});
   memory["samples"] = samples;
