@@ -1,7 +1,7 @@
 """Native runtime vs the Python host runner on the same bundles: peak memory delta, prediction error and step time.
 
     python runtime/benchmark.py BUNDLE [BUNDLE ...] [--steps 5] [--repeats 3] [--out runtime/RESULTS-table.md]
-    python runtime/benchmark.py --memory-wall [--work-dir memwall_runs/benchmarks] [BUNDLE ...]
+    python runtime/benchmark.py --small --memory-wall [--work-dir memwall_runs/benchmarks] [BUNDLE ...]
 
 ``--memory-wall`` adds the ExecuTorch technique rows of ``benchmarks/memory_wall.py --quick`` (MobileNetV2 x0.35,
 3x64x64, batch 8, AdamW), exported (or found) through the same planner cache that benchmark uses.
@@ -37,7 +37,7 @@ RUNTIME = Path(__file__).resolve().parent
 sys.path.insert(0, str(RUNTIME.parent))
 
 from exporters.bundle import HOST_RUNTIME, NATIVE_RUNTIME, Bundle, MemoryEstimate, RuntimePrediction, load_bundle  # noqa: E402
-from exporters.native_runtime_memory import runtime_predictions  # noqa: E402
+from exporters.native_runtime_memory import XNNPACK, runtime_predictions  # noqa: E402
 from sdk_tools.figures import prediction_error  # noqa: E402
 from sdk_tools.measure import measure_training  # noqa: E402
 from sdk_tools.runner.train import TrainConfig  # noqa: E402
@@ -146,6 +146,8 @@ def row(bundle_dir: Path, label: str, steps: int, repeats: int, threads: int, wo
         # What the native runtime cost beyond everything the manifest counts for the bundle itself.
         "native_overhead_mib": (native_peak - predicted_native + predictions[NATIVE_RUNTIME].runtime_overhead_bytes)
         / MIB,
+        "operators": len(bundle.manifest.backend_options["runtime"]["operators"]),
+        "xnnpack": XNNPACK in bundle.manifest.backend_options["runtime"]["backends"],
         "file_backed_mib": files / MIB,
         "floor_mib": floor / MIB,
         "native_over_floor": native_peak / max(floor, 1),
@@ -170,6 +172,52 @@ def table(rows: list[dict]) -> str:
             f"{r['native_ms']:.2f} | {r['native_ms'] / r['python_ms']:.2f}x |"
         )
     return "\n".join(lines)
+
+
+def fit(rows: list[dict]) -> str:
+    """The native overhead model's constants (``exporters/native_runtime_memory.py``) by least squares: overhead =
+    base + per operator x the program's distinct kernels, over the rows without delegates; XNNPACK's extra as the
+    mean residual of the rows with them."""
+    plain = [r for r in rows if not r["xnnpack"]]
+    if len({r["operators"] for r in plain}) < 2:
+        return "(fit: needs rows without delegates with two operator counts at least)"
+    slope, base = np.polyfit([r["operators"] for r in plain], [r["native_overhead_mib"] * MIB for r in plain], 1)
+    delegated = [r["native_overhead_mib"] * MIB - base - slope * r["operators"] for r in rows if r["xnnpack"]]
+    extra = f", XNNPACK {statistics.mean(delegated):,.0f} B" if delegated else ""
+    return f"fit over {len(plain)} rows without delegates: base {base:,.0f} B, per operator {slope:,.0f} B{extra}"
+
+
+def small_bundles(work_dir: Path) -> list[tuple[Path, str]]:
+    """Tiny bundles, where the runtime's own cost dominates: an MLP trained whole (portable kernels) and a SmallCNN
+    whose frozen convolutions run on XNNPACK (speed routes), batch 4 of 1x8x8, SGD with momentum."""
+    from exporters import ModelSpec, OptimizerConfig, export_bundle
+    from exporters.bundle import BundleError
+    from exporters.techniques.speed_routes import SpeedConfig
+    from sdk_tools.models import build_model
+
+    found = []
+    for name, label, speed in (("mlp", "mlp", None), ("small_cnn", "small_cnn head, XNNPACK", SpeedConfig())):
+        directory = work_dir / "native-small" / name
+        try:
+            found.append((load_bundle(directory).directory, label))
+            continue
+        except BundleError:
+            pass
+        model = build_model(name)
+        for parameter_name, p in model.named_parameters():
+            p.requires_grad_(speed is None or parameter_name.startswith("classifier."))
+        bundle = export_bundle(
+            model,
+            directory,
+            sample_shape=(1, 8, 8),
+            batch_size=4,
+            optimizer=OptimizerConfig("sgd", lr=0.05, momentum=0.9),
+            model_spec=ModelSpec(name, {}),
+            speed=speed,
+            overwrite=True,
+        )
+        found.append((bundle.directory, label))
+    return found
 
 
 def memory_wall_bundles(work_dir: Path) -> list[tuple[Path, str]]:
@@ -205,6 +253,7 @@ def memory_wall_bundles(work_dir: Path) -> list[tuple[Path, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundles", nargs="*", type=Path)
+    parser.add_argument("--small", action="store_true", help="add two tiny bundles (MLP; SmallCNN on XNNPACK)")
     parser.add_argument("--memory-wall", action="store_true", help="add the memory-wall benchmark's quick bundles")
     parser.add_argument("--work-dir", type=Path, default=Path("memwall_runs/benchmarks"))
     parser.add_argument("--steps", type=int, default=5)
@@ -215,6 +264,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows (JSON) here")
     args = parser.parse_args()
     bundles = [(b, b.name) for b in args.bundles]
+    if args.small:
+        bundles += small_bundles(args.work_dir)
     if args.memory_wall:
         bundles += memory_wall_bundles(args.work_dir)
     if args.only_export:
@@ -234,6 +285,7 @@ def main() -> None:
         f"of {args.steps} steps per runner and bundle, {args.threads} thread(s).\n"
     )
     print(text)
+    print(fit(rows))
     if args.out:
         args.out.write_text(text)
 
