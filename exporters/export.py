@@ -111,7 +111,9 @@ def estimate_memory(
         gradient_accumulation_bytes=accumulation_bytes,
         delegate_bytes=artifacts.delegate_memory_bytes,
         optimizer_workspace_bytes=workspace_bytes,
-        by_runtime=runtime_predictions(backend, artifacts.backend_options, artifacts.runtime_overhead_bytes, peak),
+        by_runtime=runtime_predictions(
+            backend, artifacts.backend_options, artifacts.techniques, artifacts.runtime_overhead_bytes, peak
+        ),
     )
 
 

@@ -22,19 +22,21 @@ from exporters.bundle import HOST_RUNTIME, NATIVE_RUNTIME, RuntimePrediction
 
 XNNPACK = "XnnpackBackend"
 
-# The native runtime's overhead = base + per kernel x the program's distinct kernels + per value x its values
-# (+ XNNPACK's when the program has delegates). Each distinct kernel faults its code pages in at the first step (the
-# kernel maps 64 KiB around each faulting page of a file); each value (tensor, scalar, list) of the program's methods
-# is an object the runtime builds at load, as in the host runner. Fitted by ``python runtime/benchmark.py
-# --memory-wall /tmp/nrt/mlp-executorch /tmp/nrt/mlp-lora-int8`` (weighted by 1/peak, so small bundles count as much
-# as large ones) over 10 bundles without delegates: largest error 3.5% of the peak (runtime/RESULTS.md).
-NATIVE_BASE_BYTES = 2_419_686
-NATIVE_PER_OPERATOR_BYTES = 57_613
-NATIVE_PER_VALUE_BYTES = 102
-# With XNNPACK delegates: cpuinfo's and XNNPACK's initialization and XNNPACK's code pages, beyond the delegate memory
-# the host runner's calibration already predicts (delegate_bytes). Measured on one small bundle only (SmallCNN, 24
-# delegated ops): the residual of /tmp/nrt/cnn-xnn over the model above.
-NATIVE_XNNPACK_BYTES = 1_230_000
+# The native runtime's overhead = base + per value x the program's values, like the host runner's (3.19 MiB + 277 B
+# per value): the base is mostly the kernels' code pages faulted in by the first step (the kernel maps 64 KiB around
+# each faulting page of a file; 16-39 distinct kernels in these programs: a per-kernel term fitted no better than
+# the constant), each value (tensor, scalar, list) of the program's methods an object the runtime builds at load.
+# Fitted with ``python runtime/benchmark.py --small --memory-wall`` (weighted by 1/peak, so small bundles count as
+# much as large ones) over the 12 memory-wall bundles and an MLP: largest error 6.0% of the peak (runtime/RESULTS.md).
+NATIVE_BASE_BYTES = 3_764_000
+NATIVE_PER_VALUE_BYTES = 250
+# With XNNPACK delegates, on top of the delegate memory the manifest predicts (exporters/techniques/xnnpack_frozen.py:
+# the largest delegate's workspace + 4,298 B per delegated op, calibrated on the host runner): XNNPACK's and
+# cpuinfo's initialization, and per delegated op the native figure in place of the host's. Fitted on two bundles
+# only (SmallCNN head, 24 delegated ops: +0.46 MiB over the model above; MobileNetV2 x0.35 head, 1,142 ops:
+# -1.11 MiB), so not validated beyond them.
+NATIVE_XNNPACK_BYTES = 497_000
+NATIVE_PER_DELEGATED_OP_BYTES = 2_847
 
 
 def program_values(host_overhead_bytes: int) -> int:
@@ -45,26 +47,31 @@ def program_values(host_overhead_bytes: int) -> int:
     return max(0, host_overhead_bytes - RUNTIME_OVERHEAD_BASE_BYTES) // RUNTIME_OVERHEAD_PER_VALUE_BYTES
 
 
-def native_runtime_overhead_bytes(host_overhead_bytes: int, backend_options: dict[str, Any]) -> int:
+def native_runtime_overhead_bytes(
+    host_overhead_bytes: int, backend_options: dict[str, Any], techniques: list[dict[str, Any]]
+) -> int:
     """The native runtime's own overhead for an ExecuTorch bundle: from the program's values (through the host
-    runner's overhead) and the kernels and backends its manifest's ``backend_options.runtime`` lists."""
-    runtime = backend_options.get("runtime", {})
-    xnnpack = XNNPACK in runtime.get("backends", [])
-    return (
-        NATIVE_BASE_BYTES
-        + NATIVE_PER_OPERATOR_BYTES * len(runtime.get("operators", []))
-        + NATIVE_PER_VALUE_BYTES * program_values(host_overhead_bytes)
-        + (NATIVE_XNNPACK_BYTES if xnnpack else 0)
-    )
+    runner's overhead) and, with XNNPACK delegates, the delegated ops the ``xnnpack_frozen`` technique records."""
+    overhead = NATIVE_BASE_BYTES + NATIVE_PER_VALUE_BYTES * program_values(host_overhead_bytes)
+    if XNNPACK not in backend_options.get("runtime", {}).get("backends", []):
+        return overhead
+    from exporters.techniques.xnnpack_frozen import XNNPACK_PER_DELEGATED_OP_BYTES
+
+    ops = sum(t["config"].get("delegated_ops", 0) for t in techniques if t["name"] == "xnnpack_frozen")
+    return overhead + NATIVE_XNNPACK_BYTES + (NATIVE_PER_DELEGATED_OP_BYTES - XNNPACK_PER_DELEGATED_OP_BYTES) * ops
 
 
 def runtime_predictions(
-    backend: str, backend_options: dict[str, Any], host_overhead_bytes: int, host_peak_bytes: int
+    backend: str,
+    backend_options: dict[str, Any],
+    techniques: list[dict[str, Any]],
+    host_overhead_bytes: int,
+    host_peak_bytes: int,
 ) -> dict[str, RuntimePrediction]:
     """``memory.by_runtime``: the host runner's prediction, and the native runtime's for ExecuTorch bundles (the
     native runtime refuses ONNX Runtime bundles)."""
     predictions = {HOST_RUNTIME: RuntimePrediction(host_overhead_bytes, host_peak_bytes)}
     if backend == "executorch":
-        native = native_runtime_overhead_bytes(host_overhead_bytes, backend_options)
+        native = native_runtime_overhead_bytes(host_overhead_bytes, backend_options, techniques)
         predictions[NATIVE_RUNTIME] = RuntimePrediction(native, host_peak_bytes - host_overhead_bytes + native)
     return predictions

@@ -78,6 +78,7 @@ def current_predictions(bundle: Bundle) -> dict[str, RuntimePrediction]:
     return runtime_predictions(
         bundle.manifest.backend,
         bundle.manifest.backend_options,
+        bundle.manifest.techniques,
         memory.runtime_overhead_bytes,
         memory.predicted_peak_bytes,
     )

@@ -88,7 +88,9 @@ def test_the_manifest_names_the_runtime_of_each_prediction(bundles: dict[str, Bu
         )
         native = memory.prediction_for(NATIVE_RUNTIME)
         options = bundle.manifest.backend_options
-        assert native.runtime_overhead_bytes == native_runtime_overhead_bytes(memory.runtime_overhead_bytes, options)
+        assert native.runtime_overhead_bytes == native_runtime_overhead_bytes(
+            memory.runtime_overhead_bytes, options, bundle.manifest.techniques
+        )
         assert native.predicted_peak_bytes - native.runtime_overhead_bytes == (
             memory.predicted_peak_bytes - memory.runtime_overhead_bytes
         )
