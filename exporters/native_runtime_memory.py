@@ -4,14 +4,14 @@ memwall native runtime's (``runtime/``, what the phone apps run).
 Both runtimes hold the same bundle-specific memory (planned arenas, program pages, optimizer state, accumulation,
 workspace, delegate memory); they differ in the runtime's own overhead. The host runner's is calibrated in
 ``exporters/executorch_export.py`` (``RUNTIME_OVERHEAD_*``) and ``exporters/techniques/xnnpack_frozen.py``; the
-native runtime's is that plus the difference measured here.
+native runtime's here, by ``python runtime/benchmark.py --small --memory-wall`` (native and Python runs of the same
+bundles alternating; runtime/RESULTS.md).
 
-Measured with ``python runtime/benchmark.py --memory-wall /tmp/nrt/mlp-executorch /tmp/nrt/cnn-xnn`` (native and
-Python runs of the same bundles alternating, runtime/RESULTS.md); ``/proc/<pid>/smaps`` of memwall-run (under gdb,
-at its baseline and after three steps) shows where a tiny bundle's native cost goes: MLP, 3.66 MiB over the
-baseline, of which 2.87 MiB are pages of ``libexecutorch_kernels_optimized.so``'s code faulted in by the first
-execution (the kernel maps 64 KiB around each faulting page, so a few dozen kernels touch ~3 MiB), 0.3 MiB of
-libm, 0.13 MiB each of the XNNPACK library's, libc's and memwall-run's own code, and 20 KiB of the program file.
+Where a tiny bundle's native cost goes (``/proc/<pid>/smaps`` of memwall-run under gdb, at its baseline and after
+three steps of an MLP): 3.66 MiB over the baseline, of which 2.87 MiB are pages of
+``libexecutorch_kernels_optimized.so``'s code faulted in by the first execution, 0.3 MiB of libm's, 0.13 MiB each
+of the XNNPACK library's, libc's and memwall-run's own code, and 20 KiB of the program file: nearly all of it clean
+file-backed pages (memwall-run's report gives their growth as ``memory.file_backed_delta_bytes``).
 """
 
 from __future__ import annotations

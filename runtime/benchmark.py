@@ -224,6 +224,7 @@ def small_bundles(work_dir: Path) -> list[tuple[Path, str]]:
 def memory_wall_bundles(work_dir: Path) -> list[tuple[Path, str]]:
     """The ExecuTorch technique rows of ``benchmarks/memory_wall.py --quick``, through its planner cache."""
     sys.path.insert(0, str(RUNTIME.parent / "benchmarks"))
+    import torch
     from memory_wall import techniques_rows
 
     from exporters import ModelSpec, OptimizerConfig
@@ -231,7 +232,9 @@ def memory_wall_bundles(work_dir: Path) -> list[tuple[Path, str]]:
     from sdk_tools.models import build_model
     from sdk_tools.planner import Planner
 
-    # The weights do not change memory or speed, so an untrained model stands in for the benchmark's pretrained one.
+    # The weights do not change memory or speed, so an untrained model stands in for the benchmark's pretrained one;
+    # seeded, because the planner's cache key covers the weights.
+    torch.manual_seed(0)
     kwargs = {"width_mult": 0.35, "num_classes": len(DIGIT_CLASSES), "in_channels": 3}
     optimizer = OptimizerConfig("adamw", lr=3e-4)
     planner = Planner(
@@ -253,7 +256,7 @@ def memory_wall_bundles(work_dir: Path) -> list[tuple[Path, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bundles", nargs="*", type=Path)
+    parser.add_argument("bundles", nargs="*", help="bundle directories, each optionally DIR=LABEL")
     parser.add_argument("--small", action="store_true", help="add two tiny bundles (MLP; SmallCNN on XNNPACK)")
     parser.add_argument("--memory-wall", action="store_true", help="add the memory-wall benchmark's quick bundles")
     parser.add_argument("--work-dir", type=Path, default=Path("memwall_runs/benchmarks"))
@@ -264,7 +267,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
     parser.add_argument("--json", type=Path, help="also write the rows (JSON) here")
     args = parser.parse_args()
-    bundles = [(b, b.name) for b in args.bundles]
+    bundles = [(Path(b.split("=", 1)[0]), b.split("=", 1)[-1] if "=" in b else Path(b).name) for b in args.bundles]
     if args.small:
         bundles += small_bundles(args.work_dir)
     if args.memory_wall:
