@@ -34,6 +34,7 @@ from exporters.bundle import (
 from exporters.config import OptimizerConfig
 from exporters.losses import encode_labels, resolve_loss
 from exporters.memory_profile import PROFILE_FILE
+from exporters.native_runtime_memory import runtime_predictions
 from exporters.techniques.fused_update import FusedUpdateConfig
 from exporters.techniques.recompute import RecomputeConfig
 from exporters.techniques.speed_routes import SpeedConfig
@@ -61,6 +62,7 @@ def estimate_memory(
     optimizer: OptimizerConfig,
     program_bytes: int,
     micro_batches: int,
+    backend: str,
 ) -> MemoryEstimate:
     """Predicted peak of the training process over its idle baseline, by component.
 
@@ -109,6 +111,9 @@ def estimate_memory(
         gradient_accumulation_bytes=accumulation_bytes,
         delegate_bytes=artifacts.delegate_memory_bytes,
         optimizer_workspace_bytes=workspace_bytes,
+        by_runtime=runtime_predictions(
+            backend, artifacts.backend_options, artifacts.techniques, artifacts.runtime_overhead_bytes, peak
+        ),
     )
 
 
@@ -223,7 +228,12 @@ def export_bundle(
             training={"batch_size": batch_size, "micro_batches": micro_batches},
             methods=artifacts.methods,
             memory=estimate_memory(
-                artifacts, prepared, optimizer, sum(files[role].bytes for role in artifacts.files), micro_batches
+                artifacts,
+                prepared,
+                optimizer,
+                sum(files[role].bytes for role in artifacts.files),
+                micro_batches,
+                backend,
             ),
             model={
                 "spec": spec.spec,
