@@ -163,6 +163,7 @@ def _planner(args: argparse.Namespace) -> Any:
         loss=args.loss,
         speed=_speed(args),
         lossless=args.lossless,
+        workers=getattr(args, "workers", 1),
     )
 
 
@@ -552,6 +553,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_parse_size, required=True, help="memory the app may use, e.g. 48MB")
     p.add_argument("--margin", type=float, default=0.1, help="headroom for prediction error (fraction of budget)")
     p.add_argument("--top", type=_positive, default=3, help="how many plans to show")
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=min(2, os.cpu_count() or 1),
+        help="processes searching trainable sets side by side (default: 2 where the machine has 2 cores)",
+    )
     p.add_argument(
         "--speed-routes",
         action=argparse.BooleanOptionalAction,
