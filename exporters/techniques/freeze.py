@@ -10,10 +10,12 @@ disappear from the plan.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import nn
+
+from exporters.technique import ModelContext, Slot, Stage, Technique, register_technique
 
 
 def parameter_block(fqn: str) -> tuple[str, bool] | None:
@@ -121,3 +123,28 @@ def apply_freeze(model: nn.Module, config: FreezeConfig) -> nn.Module:
     for name, p in model.named_parameters():
         p.requires_grad_(name in chosen)
     return model
+
+
+def _apply(model: nn.Module, config: FreezeConfig, context: ModelContext) -> nn.Module:
+    if context.kept_trainable:  # an earlier transform (LoRA) chose what trains: keep it, add this selection
+        if config.trains_everything:
+            return model
+        config = replace(config, trainable=(*config.trainable, *context.kept_trainable))
+    return apply_freeze(model, config)
+
+
+def _describe(config: FreezeConfig) -> tuple[Slot, str]:
+    return "trains", config.describe()
+
+
+register_technique(
+    Technique(
+        "freeze",
+        FreezeConfig,
+        Stage.MODEL_TRANSFORM,
+        order=20,
+        default=FreezeConfig(),
+        describe=_describe,
+        apply=_apply,
+    )
+)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exporters.technique import ModelContext, Slot, Stage, Technique, register_technique
 from exporters.techniques.lora import describe_module, replace_module
 
 _LEVELS = 127  # symmetric: -127..127, so the scale maps max|w| exactly and negation is exact
@@ -262,3 +263,26 @@ def quantization_report(
 
 def _state_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def _apply(model: nn.Module, config: Int8WeightsConfig, context: ModelContext) -> nn.Module:
+    return quantize_frozen_weights(model, config)
+
+
+def _describe(config: Int8WeightsConfig) -> tuple[Slot, str]:
+    return "step", "int8 frozen weights"
+
+
+register_technique(
+    Technique(
+        "int8_weights",
+        Int8WeightsConfig,
+        Stage.MODEL_TRANSFORM,
+        order=30,
+        aliases=("int8_frozen",),  # the plan's field and the CLI flag before the registry
+        describe=_describe,
+        apply=_apply,
+        fold=dequantize_weights,
+        present=lambda model: any(isinstance(m, Int8Module) for m in model.modules()),
+    )
+)

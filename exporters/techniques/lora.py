@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exporters.technique import ModelContext, Slot, Stage, Technique, register_technique
+
 ADAPTERS = ("lora_A", "lora_B")
 
 
@@ -285,3 +287,28 @@ def replace_module(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent), child, module)
     return model
+
+
+def _apply(model: nn.Module, config: LoraConfig, context: ModelContext) -> nn.Module:
+    model = apply_lora(model, config)
+    # apply_freeze replaces the whole selection of what trains: a later freeze must keep the adapters in it.
+    context.kept_trainable += tuple(f"*.{name}" for name in ADAPTERS)
+    return model
+
+
+def _describe(config: LoraConfig) -> tuple[Slot, str]:
+    return "trains", f"LoRA r{config.rank}"
+
+
+register_technique(
+    Technique(
+        "lora",
+        LoraConfig,
+        Stage.MODEL_TRANSFORM,
+        order=10,
+        describe=_describe,
+        apply=_apply,
+        fold=merge_lora,
+        present=lambda model: any(isinstance(m, LoraModule) for m in model.modules()),
+    )
+)

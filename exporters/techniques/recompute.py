@@ -28,6 +28,7 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
 from torch.fx import Node
 
+from exporters.technique import Slot, Stage, Technique, register_technique
 from exporters.techniques.freeze import parameter_block
 
 if TYPE_CHECKING:
@@ -569,3 +570,15 @@ def _keep_cheap_segments(graph: SegmentedGraph, cuts: list[int]) -> Segmentation
             kept.append(segment)
             segmentation = trial
     return segmentation
+
+
+def _describe(config: RecomputeConfig) -> tuple[Slot, str]:
+    return "step", f"recompute {config.segments}"
+
+
+# Both backends: ExecuTorch runs recompute_activations on the joint graph, ONNX Runtime onnx_recompute on its
+# training graph; both take the config as ``recompute=``. It runs before the fused update (order): that pass
+# removes the gradient outputs through which this one finds the forward.
+register_technique(
+    Technique("recompute", RecomputeConfig, Stage.GRAPH_PASS, order=10, describe=_describe, argument="recompute")
+)
