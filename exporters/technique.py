@@ -5,22 +5,8 @@ file ends with one ``register_technique(Technique(...))`` naming its config clas
 can take it and its handlers. The training plan (``exporters.plan.TrainingPlan``) is the optimizer, the
 micro-batches and a tuple of technique configs; describing, serializing, applying, folding back and checking a
 plan are loops over this registry, so adding a technique is one file (plus its CLI flags, or the generic
-``memwall export --technique NAME=JSON``). Example, a technique that freezes every LayerNorm::
-
-    @dataclass(frozen=True)
-    class FreezeLayerNormConfig:
-        def to_json(self) -> dict[str, Any]:
-            return {}
-
-        @classmethod
-        def from_json(cls, data: dict[str, Any]) -> FreezeLayerNormConfig:
-            return cls()
-
-    def _apply(model: nn.Module, config: FreezeLayerNormConfig, context: ModelContext) -> nn.Module:
-        for m in model.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.requires_grad_(False)
-        return model
+``memwall export --technique NAME=JSON``). ``tests/test_architecture.py`` adds one (freeze every LayerNorm) in
+a dozen lines: a config class with ``to_json``/``from_json``, an ``apply`` handler and::
 
     register_technique(Technique("freeze_layernorm", FreezeLayerNormConfig, Stage.MODEL_TRANSFORM, apply=_apply))
 
@@ -46,7 +32,9 @@ from typing import Any, Literal
 
 from torch import nn
 
-BACKENDS = ("executorch", "onnxruntime")
+from exporters.backend import BACKEND_EXPORTERS
+
+BACKENDS = tuple(BACKEND_EXPORTERS)
 # Where a technique's phrase goes in a plan's description: what trains ("train LoRA r4 + head"), the optimizer
 # ("adamw fused into the program") or the list after them ("recompute auto").
 Slot = Literal["trains", "optimizer", "step"]

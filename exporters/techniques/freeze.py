@@ -15,30 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from exporters.technique import ModelContext, Slot, Stage, Technique, register_technique
-
-
-def parameter_block(fqn: str) -> tuple[str, bool] | None:
-    """A parameter's block: its module path up to the first numbered child, and whether it has one.
-
-    ``features.3.conv.0.weight`` -> ``("features.3", True)``; ``classifier.weight`` -> ``("classifier", False)``;
-    top-level tensors (lifted constants such as BatchNorm's eps) belong to no module: None.
-    """
-    parts = fqn.split(".")[:-1]
-    for i, part in enumerate(parts):
-        if part.isdigit():
-            return ".".join(parts[: i + 1]), True
-    return (".".join(parts), False) if parts else None
-
-
-def numbered_blocks(names: list[str]) -> list[str]:
-    """The numbered blocks of a model (``features.0`` ... ``features.18``) in parameter order."""
-    blocks: list[str] = []
-    for name in names:
-        key = parameter_block(name)
-        if key is not None and key[1] and key[0] not in blocks:
-            blocks.append(key[0])
-    return blocks
+from exporters.modules import numbered_blocks, parameter_block
+from exporters.technique import ModelContext, Stage, Technique, register_technique
 
 
 @dataclass(frozen=True)
@@ -133,10 +111,6 @@ def _apply(model: nn.Module, config: FreezeConfig, context: ModelContext) -> nn.
     return apply_freeze(model, config)
 
 
-def _describe(config: FreezeConfig) -> tuple[Slot, str]:
-    return "trains", config.describe()
-
-
 register_technique(
     Technique(
         "freeze",
@@ -144,7 +118,7 @@ register_technique(
         Stage.MODEL_TRANSFORM,
         order=20,
         default=FreezeConfig(),
-        describe=_describe,
+        describe=lambda config: ("trains", config.describe()),
         apply=_apply,
     )
 )

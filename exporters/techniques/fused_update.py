@@ -47,7 +47,7 @@ from torch.utils import _pytree as pytree
 
 from exporters.config import OptimizerConfig
 from exporters.node_roles import GRADIENT_OF, OPTIMIZER_STATE_OF
-from exporters.technique import Slot, Stage, Technique, register_technique
+from exporters.technique import Stage, Technique, register_technique
 
 if TYPE_CHECKING:
     from executorch.exir import EdgeProgramManager
@@ -410,10 +410,6 @@ def _check(config: FusedUpdateConfig, micro_batches: int) -> None:
         )
 
 
-def _describe(config: FusedUpdateConfig) -> tuple[Slot, str]:
-    return "optimizer", "fused into the program"
-
-
 # ExecuTorch only. ONNX graphs are functional: ONNX Runtime keeps parameters in its checkpoint state and changes
 # them only through its separate optimizer model, so an update cannot live in the training graph.
 register_technique(
@@ -423,7 +419,7 @@ register_technique(
         Stage.GRAPH_PASS,
         backends=frozenset({"executorch"}),
         order=20,
-        describe=_describe,
+        describe=lambda config: ("optimizer", "fused into the program"),
         check=_check,
         argument="fused_update",
         unsupported="fused_update is not possible on the {backend} backend (its optimizer is a separate model that "

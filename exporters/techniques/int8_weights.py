@@ -16,7 +16,6 @@ the model's outputs, for showing to the user before they ship the smaller bundle
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporters.technique import ModelContext, Slot, Stage, Technique, register_technique
-from exporters.techniques.lora import describe_module, replace_module
+from exporters.modules import describe_module, match_modules, replace_module
+from exporters.technique import ModelContext, Stage, Technique, register_technique
 
 _LEVELS = 127  # symmetric: -127..127, so the scale maps max|w| exactly and negation is exact
 
@@ -160,10 +159,7 @@ def quantize_frozen_weights(model: nn.Module, config: Int8WeightsConfig) -> nn.M
     modules = dict(model.named_modules())
     selected: dict[str, type[Int8Module]] = {}
     for pattern in config.targets:
-        matched = [name for name in modules if fnmatch.fnmatchcase(name, pattern)]
-        if not matched:
-            examples = [name for name in modules if name][:4]
-            raise ValueError(f"int8 target {pattern!r} matches no module; module names look like {examples}")
+        matched = match_modules(modules, pattern, "int8")
         kinds = {
             name: kind
             for name in matched
@@ -269,10 +265,6 @@ def _apply(model: nn.Module, config: Int8WeightsConfig, context: ModelContext) -
     return quantize_frozen_weights(model, config)
 
 
-def _describe(config: Int8WeightsConfig) -> tuple[Slot, str]:
-    return "step", "int8 frozen weights"
-
-
 register_technique(
     Technique(
         "int8_weights",
@@ -280,7 +272,7 @@ register_technique(
         Stage.MODEL_TRANSFORM,
         order=30,
         aliases=("int8_frozen",),  # the plan's field and the CLI flag before the registry
-        describe=_describe,
+        describe=lambda config: ("step", "int8 frozen weights"),
         apply=_apply,
         fold=dequantize_weights,
         present=lambda model: any(isinstance(m, Int8Module) for m in model.modules()),

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporters.technique import ModelContext, Slot, Stage, Technique, register_technique
+from exporters.modules import describe_module, match_modules, replace_module
+from exporters.technique import ModelContext, Stage, Technique, register_technique
 
 ADAPTERS = ("lora_A", "lora_B")
 
@@ -202,15 +203,6 @@ def lora_kind(module: nn.Module) -> type[LoraModule] | None:
     return None
 
 
-def describe_module(module: nn.Module) -> str:
-    """A layer as error messages name it, e.g. ``Conv2d 3x3 groups=8``."""
-    if isinstance(module, nn.Conv2d):
-        kernel = "x".join(str(k) for k in module.kernel_size)
-        extra = f" padding_mode={module.padding_mode}" if module.padding_mode != "zeros" else ""
-        return f"Conv2d {kernel} groups={module.groups}{extra}"
-    return type(module).__name__
-
-
 def _select(model: nn.Module, config: LoraConfig) -> dict[str, type[LoraModule]]:
     modules = dict(model.named_modules())
     adapted = [name for name, m in modules.items() if isinstance(m, LoraModule)]
@@ -221,11 +213,8 @@ def _select(model: nn.Module, config: LoraConfig) -> dict[str, type[LoraModule]]
         )
     selected: dict[str, type[LoraModule]] = {}
     for pattern in config.targets:
-        matched = [name for name in modules if fnmatch.fnmatchcase(name, pattern)]
+        matched = match_modules(modules, pattern, "LoRA")
         kinds = {name: kind for name in matched if (kind := lora_kind(modules[name])) is not None}
-        if not matched:
-            examples = [name for name in modules if name][:4]
-            raise ValueError(f"LoRA target {pattern!r} matches no module; module names look like {examples}")
         if not kinds:
             found = ", ".join(f"{name or '<root>'} ({describe_module(modules[name])})" for name in matched[:4])
             raise ValueError(
@@ -280,24 +269,11 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
-def replace_module(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    """Put ``module`` at ``name`` in ``model``; returns the model, or ``module`` itself for the root (``""``)."""
-    if not name:
-        return module
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent), child, module)
-    return model
-
-
 def _apply(model: nn.Module, config: LoraConfig, context: ModelContext) -> nn.Module:
     model = apply_lora(model, config)
     # apply_freeze replaces the whole selection of what trains: a later freeze must keep the adapters in it.
     context.kept_trainable += tuple(f"*.{name}" for name in ADAPTERS)
     return model
-
-
-def _describe(config: LoraConfig) -> tuple[Slot, str]:
-    return "trains", f"LoRA r{config.rank}"
 
 
 register_technique(
@@ -306,7 +282,7 @@ register_technique(
         LoraConfig,
         Stage.MODEL_TRANSFORM,
         order=10,
-        describe=_describe,
+        describe=lambda config: ("trains", f"LoRA r{config.rank}"),
         apply=_apply,
         fold=merge_lora,
         present=lambda model: any(isinstance(m, LoraModule) for m in model.modules()),
