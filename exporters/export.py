@@ -179,7 +179,7 @@ def export_bundle(
     techniques = list(techniques)
     for found, config in in_order(passes):
         if found.active(config):
-            exporter = functools.partial(exporter, **{found.argument: config})
+            exporter = functools.partial(exporter, **{found.keyword: config})
             if found.stage is Stage.GRAPH_PASS:  # the speed routes: the backend records those that applied
                 techniques.append(found.record(config))
     spec = model_spec or ModelSpec()

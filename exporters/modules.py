@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from torch import nn
+
+Kind = TypeVar("Kind")
 
 
 def parameter_block(fqn: str) -> tuple[str, bool] | None:
@@ -39,14 +43,36 @@ def describe_module(module: nn.Module) -> str:
     return type(module).__name__
 
 
-def match_modules(modules: dict[str, nn.Module], pattern: str, what: str) -> list[str]:
-    """The names in ``modules`` (``model.named_modules()``) matching the fnmatch ``pattern``; ``what`` names the
-    technique in the error raised where it matches none (``LoRA target 'x' matches no module; ...``)."""
-    matched = [name for name in modules if fnmatch.fnmatchcase(name, pattern)]
-    if not matched:
-        examples = [name for name in modules if name][:4]
-        raise ValueError(f"{what} target {pattern!r} matches no module; module names look like {examples}")
-    return matched
+def select_modules(
+    model: nn.Module,
+    patterns: Iterable[str],
+    kind_of: Callable[[nn.Module], Kind | None],
+    *,
+    what: str,
+    lacks: str,
+    fix: str,
+    explain: Callable[[nn.Module], str] = describe_module,
+) -> dict[str, Kind]:
+    """The modules each fnmatch pattern over module names selects, with what ``kind_of`` maps them to (their
+    replacement; None: the technique does not take that module), in the way torchao's ``filter_fn`` selects.
+
+    Raises where a pattern matches no module, or only modules ``kind_of`` refuses: ``{what} target 'p' {lacks} (it
+    matches <the first four, each with explain(module)>); {fix}``.
+    """
+    modules = dict(model.named_modules())
+    selected: dict[str, Kind] = {}
+    for pattern in patterns:
+        matched = [name for name in modules if fnmatch.fnmatchcase(name, pattern)]
+        if not matched:
+            examples = [name for name in modules if name][:4]
+            raise ValueError(f"{what} target {pattern!r} matches no module; module names look like {examples}")
+        kinds = {name: kind for name in matched if (kind := kind_of(modules[name])) is not None}
+        if not kinds:
+            found = ", ".join(f"{name or '<root>'} ({explain(modules[name])})" for name in matched[:4])
+            more = ", ..." if len(matched) > 4 else ""
+            raise ValueError(f"{what} target {pattern!r} {lacks} (it matches {found}{more}); {fix}")
+        selected.update(kinds)
+    return selected
 
 
 def replace_module(model: nn.Module, name: str, module: nn.Module) -> nn.Module:

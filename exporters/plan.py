@@ -104,10 +104,8 @@ class TrainingPlan:
         """One line: what trains, the optimizer, then the step's techniques (``train LoRA r4 + head, sgd``)."""
         slots: dict[str, list[str]] = {"trains": [], "optimizer": [], "step": [], "routes": []}
         for found, config in in_order(self.techniques):
-            phrase = found.describe(config) if found.describe is not None and found.active(config) else None
-            if phrase is not None:
-                slot, text = phrase
-                slots["routes" if found.stage is Stage.SPEED_ROUTE else slot].append(text)
+            if found.describe is not None and found.active(config):
+                slots["routes" if found.stage is Stage.SPEED_ROUTE else found.slot].append(found.describe(config))
         micro = [f"{self.micro_batches} micro-batches"] if self.micro_batches > 1 else []
         trains = " + ".join(slots["trains"]) or "full"
         optimizer = " ".join([self.optimizer.kind, *slots["optimizer"]])

@@ -15,7 +15,7 @@ Stages, in the order an export runs them:
 - ``model transform``: applied to a copy of the model before export (LoRA, freezing, int8 frozen weights), in
   ``order``; ``fold`` turns a trained model back into the original architecture (``memwall pull``).
 - ``graph pass``: the backend exporter runs it on the training graph; it receives the config as the keyword
-  ``argument`` (recompute, then the fused update: ``order`` records that the ExecuTorch pipeline runs them so).
+  ``argument`` (the name unless given). Recompute runs before the fused update: ``order`` records it.
 - ``speed route``: program rewrites that change no gradient (ExecuTorch); the backend records those that applied.
 
 A config equal to the technique's ``default`` (freeze: everything trains) or ``inactive`` (speed routes: all off)
@@ -69,13 +69,15 @@ class Technique:
       and what to do (formatted with ``{backend}``).
     - ``version``: of the config's JSON; plans record it, a newer one than the code knows is refused.
     - ``aliases``: older names that still read (plan JSON keys, ``TrainingPlan`` keywords, manifests).
-    - ``describe(config)``: (slot, phrase) for the plan's one-line description, or None for nothing.
+    - ``describe(config)``: its phrase in the plan's one-line description, in ``slot`` (what trains, the
+      optimizer, or the list of the step's techniques).
     - ``apply(model, config, context)``: model transforms: the transformed model (in place or new).
     - ``fold(model)``: model transforms: every trace of the technique folded back into plain layers.
     - ``present(model)``: model transforms: whether ``model`` already holds the technique's modules (an export
       that does not record it is refused: the manifest would hide it from ``pull``).
     - ``check(config, micro_batches)``: raise ``ValueError`` where the plan's step cannot take the config.
-    - ``argument``: graph passes and speed routes: the backend exporter's keyword for the config.
+    - ``argument``: graph passes and speed routes: the backend exporter's keyword for the config (default:
+      ``name``).
     """
 
     name: str
@@ -87,7 +89,8 @@ class Technique:
     aliases: tuple[str, ...] = ()
     default: Any = None
     inactive: Callable[[Any], bool] = _never
-    describe: Callable[[Any], tuple[Slot, str] | None] | None = None
+    describe: Callable[[Any], str] | None = None
+    slot: Slot = "step"
     apply: Callable[[nn.Module, Any, ModelContext], nn.Module] | None = None
     fold: Callable[[nn.Module], nn.Module] | None = None
     present: Callable[[nn.Module], bool] | None = None
@@ -100,8 +103,11 @@ class Technique:
             raise ValueError(f"technique {self.name!r}: backends must be some of {BACKENDS}, got {set(self.backends)}")
         if self.stage is Stage.MODEL_TRANSFORM and self.apply is None:
             raise ValueError(f"technique {self.name!r}: a model transform needs an apply handler")
-        if self.stage is not Stage.MODEL_TRANSFORM and self.argument is None:
-            raise ValueError(f"technique {self.name!r}: a {self.stage.value} needs the backend exporter's argument")
+
+    @property
+    def keyword(self) -> str:
+        """The backend exporter's keyword for a graph pass's or speed route's config."""
+        return self.argument or self.name
 
     def active(self, config: Any) -> bool:
         """Whether ``config`` does anything (not the default, not switched off)."""

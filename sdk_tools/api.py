@@ -16,7 +16,7 @@ from torch import nn
 
 from exporters.bundle import Bundle, load_bundle
 from exporters.config import OptimizerConfig
-from exporters.export import ModelSpec, check_destination, staged
+from exporters.export import check_destination, staged
 from exporters.plan import TrainingPlan, export_plan
 from exporters.techniques.speed_routes import SpeedConfig, default_speed_routes
 
@@ -31,15 +31,10 @@ def export(
     backend: str = "executorch",
     optimizer: OptimizerConfig | None = None,
     micro_batches: int = 1,
-    loss: str = "cross_entropy",
-    classes: Sequence[str] | None = None,
-    name: str | None = None,
-    model_spec: ModelSpec | None = None,
-    overwrite: bool = False,
-    verify: bool = True,
     margin: float = 0.1,
     work_dir: str | Path = "memwall_runs/plans",
     lossless: bool = False,
+    **options: Any,
 ) -> Bundle:
     """Export ``model`` as a training bundle in ``out`` with ``techniques`` applied and recorded in the manifest.
 
@@ -48,7 +43,8 @@ def export(
     are the command line's: the ExecuTorch speed routes are on unless a ``SpeedConfig`` is given
     (``SpeedConfig.off()`` turns them off); verification is on. With ``budget`` (bytes), the planner searches for
     the plan that trains most of the model within ``budget`` less ``margin`` and exports that instead
-    (``techniques`` and ``micro_batches`` then come from the planner, so none may be given).
+    (``techniques`` and ``micro_batches`` then come from the planner, so none may be given). ``options``:
+    ``export_plan``'s (``loss``, ``classes``, ``name``, ``model_spec``, ``overwrite``, ``verify``).
 
     Example::
 
@@ -65,9 +61,8 @@ def export(
     if budget is None:
         plan = TrainingPlan(*techniques, optimizer=optimizer, micro_batches=micro_batches)
         return export_plan(
-            model, out, plan, sample_shape=sample_shape, batch_size=batch_size, backend=backend, loss=loss,
-            classes=classes, name=name, model_spec=model_spec, overwrite=overwrite, verify=verify,
-        )  # fmt: skip
+            model, out, plan, sample_shape=sample_shape, batch_size=batch_size, backend=backend, **options
+        )
     from sdk_tools.planner import Planner
 
     chosen = [t for t in techniques if not isinstance(t, SpeedConfig)]
@@ -78,10 +73,10 @@ def export(
         )
     speed = next((t for t in techniques if isinstance(t, SpeedConfig)), None)
     planner = Planner(
-        model, tuple(sample_shape), batch_size, backend, optimizer, Path(work_dir), model_spec=model_spec,
-        loss=loss, speed=speed, lossless=lossless,
+        model, tuple(sample_shape), batch_size, backend, optimizer, Path(work_dir),
+        model_spec=options.get("model_spec"), loss=options.get("loss", "cross_entropy"), speed=speed, lossless=lossless,
     )  # fmt: skip
-    return export_within_budget(planner, Path(out), budget, margin=margin, overwrite=overwrite)[0]
+    return export_within_budget(planner, Path(out), budget, margin=margin, overwrite=options.get("overwrite", False))[0]
 
 
 def export_within_budget(

@@ -20,7 +20,6 @@ from exporters import OptimizerConfig, export_bundle, load_bundle
 from exporters.plan import TrainingPlan, apply_model_techniques, export_plan
 from exporters.technique import (
     ModelContext,
-    Slot,
     Stage,
     Technique,
     backend_support,
@@ -62,10 +61,6 @@ def _freeze_layernorms(model: nn.Module, config: FreezeLayerNormConfig, context:
     return model
 
 
-def _describe(config: FreezeLayerNormConfig) -> tuple[Slot, str]:
-    return "step", "LayerNorms frozen"
-
-
 # After ``freeze`` (order 20), which sets what trains, before int8 storage (30), which needs to know what is frozen.
 register_technique(
     Technique(
@@ -73,7 +68,7 @@ register_technique(
         FreezeLayerNormConfig,
         Stage.MODEL_TRANSFORM,
         order=25,
-        describe=_describe,
+        describe=lambda config: "LayerNorms frozen",
         apply=_freeze_layernorms,
     )
 )

@@ -118,7 +118,8 @@ register_technique(
         Stage.MODEL_TRANSFORM,
         order=20,
         default=FreezeConfig(),
-        describe=lambda config: ("trains", config.describe()),
+        describe=FreezeConfig.describe,
+        slot="trains",
         apply=_apply,
     )
 )

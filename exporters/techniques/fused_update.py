@@ -419,9 +419,9 @@ register_technique(
         Stage.GRAPH_PASS,
         backends=frozenset({"executorch"}),
         order=20,
-        describe=lambda config: ("optimizer", "fused into the program"),
+        describe=lambda config: "fused into the program",
+        slot="optimizer",
         check=_check,
-        argument="fused_update",
         unsupported="fused_update is not possible on the {backend} backend (its optimizer is a separate model that "
         "runs after the training graph); use backend='executorch', or drop fused_update",
     )

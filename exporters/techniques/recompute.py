@@ -572,16 +572,11 @@ def _keep_cheap_segments(graph: SegmentedGraph, cuts: list[int]) -> Segmentation
     return segmentation
 
 
+def _describe(config: RecomputeConfig) -> str:
+    return f"recompute {config.segments}"
+
+
 # Both backends: ExecuTorch runs recompute_activations on the joint graph, ONNX Runtime onnx_recompute on its
 # training graph; both take the config as ``recompute=``. It runs before the fused update (order): that pass
 # removes the gradient outputs through which this one finds the forward.
-register_technique(
-    Technique(
-        "recompute",
-        RecomputeConfig,
-        Stage.GRAPH_PASS,
-        order=10,
-        describe=lambda config: ("step", f"recompute {config.segments}"),
-        argument="recompute",
-    )
-)
+register_technique(Technique("recompute", RecomputeConfig, Stage.GRAPH_PASS, order=10, describe=_describe))

@@ -117,7 +117,7 @@ register_technique(
         backends=frozenset({"executorch"}),
         aliases=("speed",),  # the plan's field before the registry
         inactive=lambda config: not config.enabled,
-        describe=lambda config: ("step", config.describe()),
+        describe=SpeedConfig.describe,
         argument="speed",
         unsupported="speed routes are ExecuTorch program rewrites; the {backend} backend has no use for them: "
         "use backend='executorch', or speed=None (CLI: --no-speed-routes)",
