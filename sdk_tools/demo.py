@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 
-from exporters import ModelSpec, OptimizerConfig
-from sdk_tools.api import export
+from exporters import ModelSpec, OptimizerConfig, export_bundle
 from sdk_tools.data import DIGIT_CLASSES, load_digits_split
 from sdk_tools.measure import Measurement, measure_training
 from sdk_tools.models import build_model
@@ -67,7 +66,7 @@ def run_demo(config: DemoConfig) -> DemoReport:
     torch.save(model.state_dict(), config.out_dir / "pretrained.pt")
     print(f"[memwall] pretrained: {pretrain_accuracy:.1%} on plain digits", file=sys.stderr)
     bundle_dir = config.out_dir / f"bundle-{config.backend}"
-    export(  # the API's defaults are the CLI's: the ExecuTorch speed routes are on
+    export_bundle(
         model,
         bundle_dir,
         sample_shape=(3, *size),
