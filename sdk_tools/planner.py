@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import json
 import multiprocessing
+import pickle
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
@@ -38,7 +39,7 @@ from torch import nn
 
 from exporters.bundle import Bundle, BundleError, load_bundle
 from exporters.config import OptimizerConfig
-from exporters.edge_program import open_shared_traces, shared_traces
+from exporters.edge_program import shared_traces
 from exporters.export import ModelSpec
 from exporters.plan import TrainingPlan, export_plan
 from exporters.techniques.freeze import FreezeConfig, numbered_blocks, parameter_block
@@ -47,6 +48,7 @@ from exporters.techniques.int8_weights import Int8WeightsConfig
 from exporters.techniques.lora import LoraConfig, lora_kind
 from exporters.techniques.recompute import RecomputeConfig
 from exporters.techniques.speed_routes import SpeedConfig
+from sdk_tools import planner_lane
 
 
 class NoPlanFitsError(ValueError):
@@ -358,7 +360,8 @@ class _Lane:
     """A spawned process that searches trainable sets for a planner at one limit, started on its first set."""
 
     def __init__(self, planner: Planner, limit: int) -> None:
-        self._config = {f.name: getattr(planner, f.name) for f in fields(planner) if f.name not in ("log", "workers")}
+        config = {f.name: getattr(planner, f.name) for f in fields(planner) if f.name not in ("log", "workers")}
+        self._config = pickle.dumps(config)  # unpickled in the lane after it quiets library chatter
         self._limit = limit
         self._pool: Any = None
         self._last: Any = None  # the result of the set it was given last
@@ -371,8 +374,8 @@ class _Lane:
             # Spawned, not forked: a forked child of a process that ran torch's OpenMP kernels can hang in its
             # first parallel region. Starting one costs its imports (about 8 s CPU), beside this process's work.
             spawn = multiprocessing.get_context("spawn")
-            self._pool = spawn.Pool(1, initializer=_start_lane, initargs=(self._config, self._limit))
-        self._last = self._pool.apply_async(_search_in_lane, (base,))
+            self._pool = spawn.Pool(1, initializer=planner_lane.start, initargs=(self._config, self._limit))
+        self._last = self._pool.apply_async(planner_lane.search_set, (base,))
         return self._last
 
     def stop(self) -> None:
@@ -380,25 +383,7 @@ class _Lane:
         never a bundle without its manifest)."""
         if self._pool is not None:
             self._pool.terminate()
-
-
-_LANE: tuple[Planner, int] | None = None  # a lane process's planner and limit
-
-
-def _start_lane(config: dict[str, Any], limit: int) -> None:
-    """A lane's process: one torch thread (the lanes share the cores), traces shared for its whole life."""
-    import torch
-
-    global _LANE
-    torch.set_num_threads(1)
-    open_shared_traces()
-    _LANE = (Planner(**config), limit)
-
-
-def _search_in_lane(base: TrainingPlan) -> SetResult:
-    assert _LANE is not None, "called in a lane's process"
-    planner, limit = _LANE
-    return planner.search_set(base, limit)
+            self._pool.join()  # its process reaped and its queues' semaphores released before this process exits
 
 
 def _export_candidate(job: tuple[Any, ...]) -> str | None:
