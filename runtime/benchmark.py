@@ -37,7 +37,7 @@ RUNTIME = Path(__file__).resolve().parent
 sys.path.insert(0, str(RUNTIME.parent))
 
 from exporters.bundle import HOST_RUNTIME, NATIVE_RUNTIME, Bundle, MemoryEstimate, RuntimePrediction, load_bundle  # noqa: E402
-from exporters.native_runtime_memory import XNNPACK, runtime_predictions  # noqa: E402
+from exporters.native_runtime_memory import XNNPACK, program_values, runtime_predictions  # noqa: E402
 from sdk_tools.figures import prediction_error  # noqa: E402
 from sdk_tools.measure import measure_training  # noqa: E402
 from sdk_tools.runner.train import TrainConfig  # noqa: E402
@@ -147,7 +147,7 @@ def row(bundle_dir: Path, label: str, steps: int, repeats: int, threads: int, wo
         # What the native runtime cost beyond everything the manifest counts for the bundle itself.
         "native_overhead_mib": (native_peak - predicted_native + predictions[NATIVE_RUNTIME].runtime_overhead_bytes)
         / MIB,
-        "operators": len(bundle.manifest.backend_options["runtime"]["operators"]),
+        "values": program_values(memory.runtime_overhead_bytes),
         "xnnpack": XNNPACK in bundle.manifest.backend_options["runtime"]["backends"],
         "file_backed_mib": files / MIB,
         "floor_mib": floor / MIB,
@@ -176,16 +176,19 @@ def table(rows: list[dict]) -> str:
 
 
 def fit(rows: list[dict]) -> str:
-    """The native overhead model's constants (``exporters/native_runtime_memory.py``) by least squares: overhead =
-    base + per operator x the program's distinct kernels, over the rows without delegates; XNNPACK's extra as the
-    mean residual of the rows with them."""
+    """The native overhead model's constants (``exporters/native_runtime_memory.py``) by least squares weighted by
+    1/peak (small bundles count as much as large ones): overhead = base + per value x the program's values, over
+    the rows without delegates; with delegates, what is left over that (their constants come from it)."""
     plain = [r for r in rows if not r["xnnpack"]]
-    if len({r["operators"] for r in plain}) < 2:
-        return "(fit: needs rows without delegates with two operator counts at least)"
-    slope, base = np.polyfit([r["operators"] for r in plain], [r["native_overhead_mib"] * MIB for r in plain], 1)
-    delegated = [r["native_overhead_mib"] * MIB - base - slope * r["operators"] for r in rows if r["xnnpack"]]
-    extra = f", XNNPACK {statistics.mean(delegated):,.0f} B" if delegated else ""
-    return f"fit over {len(plain)} rows without delegates: base {base:,.0f} B, per operator {slope:,.0f} B{extra}"
+    if len({r["values"] for r in plain}) < 2:
+        return "(fit: needs two rows without delegates, with different value counts)"
+    weights = np.array([1 / r["native_peak_mib"] for r in plain])
+    design = np.array([[1.0, r["values"]] for r in plain]) * weights[:, None]
+    target = np.array([r["native_overhead_mib"] * MIB for r in plain]) * weights
+    (base, per_value), *_ = np.linalg.lstsq(design, target, rcond=None)
+    left = [f"{r['native_overhead_mib'] * MIB - base - per_value * r['values']:,.0f} B" for r in rows if r["xnnpack"]]
+    delegated = f"; left over on the rows with delegates: {', '.join(left)}" if left else ""
+    return f"fit over {len(plain)} rows without delegates: base {base:,.0f} B, per value {per_value:,.0f} B{delegated}"
 
 
 def small_bundles(work_dir: Path) -> list[tuple[Path, str]]:
