@@ -584,6 +584,16 @@ BAD_MANIFESTS: dict[str, Callable[[dict], None]] = {
     "an unknown memory figure": _set("memory/extra_bytes", 1),
     "negative program bytes": _set("memory/program_bytes", -5),
     "memory notes not a string": _set("memory/notes", 5),
+    "a runtime name that is no identifier": _set(
+        "memory/by_runtime/Phone-1", {"runtime_overhead_bytes": 1, "predicted_peak_bytes": 2}
+    ),
+    "an unknown figure of a runtime": _set("memory/by_runtime/python_host/extra_bytes", 1),
+    "a host prediction unlike the top-level one": lambda m: m["memory"]["by_runtime"]["python_host"].update(
+        predicted_peak_bytes=m["memory"]["predicted_peak_bytes"] + 1
+    ),
+    "a native prediction off its components": lambda m: m["memory"]["by_runtime"]["memwall_native"].update(
+        runtime_overhead_bytes=m["memory"]["by_runtime"]["memwall_native"]["runtime_overhead_bytes"] + 1
+    ),
     "a number as model spec": _set("model/spec", 5),
     "model kwargs a list": _set("model/kwargs", []),
     "negative model parameters": _set("model/parameters", -1),

@@ -192,8 +192,31 @@ std::string shape_list(const std::vector<int64_t>& shape) {
 }
 
 // declared_numel: the manifest's numel of each trainable parameter.
-void check_consistency(const Bundle& b, const json& files, const json& training, const std::vector<int64_t>& declared_numel,
-                       const std::string& where) {
+// memory.by_runtime agrees with the rest (exporters/bundle.py _runtime_prediction_problems): the host runner's entry
+// is the top-level pair, and every runtime's peak is the same shared components plus its own overhead.
+std::vector<std::string> runtime_prediction_problems(const json& memory) {
+  const json by_runtime = memory.value("by_runtime", json::object());
+  if (by_runtime.empty()) return {};
+  int64_t overhead = memory["runtime_overhead_bytes"].get<int64_t>(), peak = memory["predicted_peak_bytes"].get<int64_t>();
+  auto pair = [](const json& entry) {
+    return std::make_pair(entry["runtime_overhead_bytes"].get<int64_t>(), entry["predicted_peak_bytes"].get<int64_t>());
+  };
+  if (!by_runtime.contains("python_host") || pair(by_runtime["python_host"]) != std::make_pair(overhead, peak)) {
+    return {"memory.by_runtime.python_host is missing or differs from memory's predicted_peak_bytes"};
+  }
+  std::vector<std::string> problems;
+  for (auto it = by_runtime.begin(); it != by_runtime.end(); ++it) {
+    auto [own, total] = pair(it.value());
+    if (total - own != peak - overhead) {
+      problems.push_back("memory.by_runtime." + it.key() + ": predicted_peak_bytes is not the shared components (" +
+                         std::to_string(peak - overhead) + ") plus its overhead");
+    }
+  }
+  return problems;
+}
+
+void check_consistency(const Bundle& b, const json& files, const json& training, const json& memory,
+                       const std::vector<int64_t>& declared_numel, const std::string& where) {
   std::vector<std::string> problems;
   if (b.backend == "executorch" && !files.contains("program")) problems.push_back("files lacks the program role(s) a executorch bundle needs");
   if (b.backend == "onnxruntime") {
@@ -230,11 +253,10 @@ void check_consistency(const Bundle& b, const json& files, const json& training,
       break;
     }
   }
-  for (size_t i = 0; i < b.trainable.size(); ++i) {
-    for (size_t k = 0; k < i; ++k) {
-      if (b.trainable[k].name == b.trainable[i].name && problems.size() < 100) problems.push_back("trainable names a parameter twice");
-    }
-  }
+  std::set<std::string> names;
+  for (const TensorSpec& p : b.trainable) names.insert(p.name);
+  if (names.size() != b.trainable.size()) problems.push_back("trainable names a parameter twice");
+  for (std::string& problem : runtime_prediction_problems(memory)) problems.push_back(std::move(problem));
   const OptimizerConfig& o = b.optimizer;
   if (o.lr <= 0) problems.push_back("optimizer: learning rate must be positive, got " + std::to_string(o.lr));
   if (!(o.momentum >= 0 && o.momentum < 1)) problems.push_back("optimizer: momentum must be in [0, 1), got " + std::to_string(o.momentum));
@@ -397,7 +419,7 @@ Bundle read_fields(Bundle b, const json& m, const std::string& manifest_path) {
   r.field(m, "techniques", json::value_t::array, "");
   const json& options = r.field(m, "backend_options", json::value_t::object, "");
 
-  check_consistency(b, files, training, declared_numel, manifest_path);
+  check_consistency(b, files, training, memory, declared_numel, manifest_path);
   for (auto it = files.begin(); it != files.end(); ++it) {
     verify_file(b.directory, it.key(), it.value()["path"].get<std::string>(), it.value()["sha256"].get<std::string>(),
                 it.value()["bytes"].get<int64_t>());
