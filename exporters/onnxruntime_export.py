@@ -77,7 +77,7 @@ TRAIN_INPUTS = ["input", "label", LOSS_SCALE]
 CPU_MEM_ARENA = False
 # ORT's own memory, fitted to the phase peaks ``memwall measure`` reports for the 36 benchmark bundles (MLP /
 # SmallCNN / MobileNetV2 x0.5 32x32; full / bias-only / classifier-only; SGD / AdamW; with and without
-# recomputation; ``python tests/test_onnxruntime_memory.py rows`` measures them against the prediction):
+# recomputation; ``python benchmarks/onnxruntime_memory.py rows`` measures them against the prediction):
 # - the three sessions' fixed cost (code pages, thread pool, kernel registry, allocators), with ORT's AdamW;
 _SESSION_BYTES = 7 * 2**20 + 45 * 2**10
 # - the plain-SGD optimizer session costs this much more than AdamW's;

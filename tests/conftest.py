@@ -13,6 +13,7 @@ from torch import nn
 
 from exporters import Bundle, ModelSpec, OptimizerConfig, export_bundle
 from exporters.training_graph import prepare_for_training_export
+from sdk_tools.coverage import Cell, run_cells
 from sdk_tools.models import build_model
 
 # Every kind of MobileNetV2 block (expansion 1; stride 2; residual), twice over, in 5 blocks: the 17 of the full
@@ -92,3 +93,24 @@ SGD_MOMENTUM = OptimizerConfig(kind="sgd", lr=0.01, momentum=0.9)
 def et_case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ExportedCase:
     """Each reference model exported to ExecuTorch with SGD + momentum, all parameters trainable."""
     return export_case(tmp_path_factory.mktemp("et"), request.param, SGD_MOMENTUM)
+
+
+class CoverageCells:
+    """Cells of the operator coverage table (``sdk_tools.coverage``), each measured once per session, as the script
+    measures them (child processes, two at a time): test_coverage.py measures the whole table, test_rewrites.py the
+    rows a rewrite makes train, which are cells of the same table."""
+
+    def __init__(self) -> None:
+        self._cells: dict[tuple[str, str], Cell] = {}
+
+    def measure(self, rows: list[str], backends: tuple[str, ...]) -> dict[tuple[str, str], Cell]:
+        for backend in backends:
+            missing = [row for row in rows if (row, backend) not in self._cells]
+            if missing:
+                self._cells.update(((row, b), cell) for row, b, cell in run_cells(missing, (backend,), jobs=2))
+        return {(row, backend): self._cells[row, backend] for row in rows for backend in backends}
+
+
+@pytest.fixture(scope="session")
+def coverage_cells() -> CoverageCells:
+    return CoverageCells()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sdk_tools.coverage import BACKENDS, ROWS, ROWS_BY_NAME, STATUSES, main, run_cells
+from sdk_tools.coverage import BACKENDS, ROWS, ROWS_BY_NAME, STATUSES, main
+from tests.conftest import CoverageCells
 
 TABLE = Path(__file__).resolve().parents[1] / "docs" / "coverage.md"
 
@@ -30,10 +31,10 @@ def test_committed_table_has_every_row() -> None:
     )
 
 
-def test_the_whole_table_remeasured_equals_the_committed_one() -> None:
+def test_the_whole_table_remeasured_equals_the_committed_one(coverage_cells: CoverageCells) -> None:
     committed = committed_cells()
-    cells = run_cells([row.name for row in ROWS], BACKENDS, jobs=2)
-    measured = {(row, backend): cell.markdown() for row, backend, cell in cells}
+    cells = coverage_cells.measure([row.name for row in ROWS], BACKENDS)
+    measured = {(row, backend): cell.markdown() for (row, backend), cell in cells.items()}
     differ = {(row, b): (committed[row][b], now) for (row, b), now in measured.items() if committed[row][b] != now}
     assert len(measured) == len(ROWS) * len(BACKENDS)
     assert not differ, f"regenerate docs/coverage.md (python -m sdk_tools.coverage --out docs/coverage.md): {differ}"

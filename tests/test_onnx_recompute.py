@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from onnxruntime.training.api import CheckpointState, Module
 
+from benchmarks.onnxruntime_memory import measure
 from exporters import Bundle, ModelSpec, OptimizerConfig, export_bundle
 from exporters.techniques.onnx_recompute import SESSION_CONFIG, TrainingGraphRoles, plan_onnx_recomputation
 from exporters.techniques.recompute import RecomputeConfig
 from exporters.training_graph import MODEL_PREFIX, prepare_for_training_export, strip_prefix
 from sdk_tools.runner.onnxruntime_session import OnnxRuntimeSession
 from tests.conftest import REFERENCE_CASES, make_model
-from tests.test_onnxruntime_memory import measure
 
 BATCH = 8
 # ONNX Runtime exports in seconds: MobileNetV2 keeps all 17 blocks here, which the segment policies need to differ.

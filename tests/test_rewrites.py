@@ -1,7 +1,7 @@
 """Training rewrites: layers whose backward a runtime computes wrong or lacks train like eager PyTorch after
 memwall's rewrite. Each case exports a tiny model (a trainable stem, the layer, a classifier), runs one step in the
 real runtime and compares loss, logits and every gradient with eager (``sdk_tools.coverage.check_cell``); the
-manifest names the rewrite.
+manifest names the rewrite. These are cells of the coverage table, measured once per session (``coverage_cells``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from torch import nn
 
 from exporters import OptimizerConfig, export_bundle
 from exporters.training_graph import prepare_for_training_export, strip_prefix
-from sdk_tools.coverage import ROWS_BY_NAME, Cell, check_cell
+from sdk_tools.coverage import Cell
 from sdk_tools.runner.train import open_session
+from tests.conftest import CoverageCells
 
 CASES = [
     # ExecuTorch 1.5.1's max-pool backward does not zero its output: conv gradients were 4x-220x off.
@@ -55,9 +56,20 @@ CASES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def rewritten_cells(coverage_cells: CoverageCells) -> dict[tuple[str, str], Cell]:
+    """Every case's cell, measured in one go (two child processes) unless test_coverage.py measured it already."""
+    cells: dict[tuple[str, str], Cell] = {}
+    for backend in dict.fromkeys(b for _, b, _ in CASES):
+        cells.update(coverage_cells.measure([r for r, b, _ in CASES if b == backend], (backend,)))
+    return cells
+
+
 @pytest.mark.parametrize(("row", "backend", "rewrite"), CASES, ids=[f"{r}-{b}" for r, b, _ in CASES])
-def test_rewritten_layer_trains_like_eager(tmp_path: Path, row: str, backend: str, rewrite: str) -> None:
-    assert check_cell(ROWS_BY_NAME[row], backend, tmp_path) == Cell("trains", rewrite)
+def test_rewritten_layer_trains_like_eager(
+    rewritten_cells: dict[tuple[str, str], Cell], row: str, backend: str, rewrite: str
+) -> None:
+    assert rewritten_cells[row, backend] == Cell("trains", rewrite)
 
 
 # The model zoo: real architectures beyond memwall's reference models, trained 5 SGD steps in the runtime.
