@@ -2,8 +2,10 @@
 
 Pipeline: ``torch.export`` (non-strict, in strict's parameter order) -> ``_export_forward_backward`` (joint graph:
 loss, logits, one gradient per trainable parameter) -> ``to_edge`` with both methods (decomposing only the predict
-method: the joint graph is already core ATen) -> memory techniques on the edge program (recomputation, then the
-fused optimizer update) -> ``to_executorch`` with explicitly configured memory planning.
+method: the joint graph is already core ATen; ExecuTorch's edge passes that cannot change a graph skipped) ->
+memory techniques on the edge program, a ``Pipeline`` of named steps whose order is checked (recomputation, then the
+fused optimizer update: ``exporters/executorch_pipeline.py``) -> ``to_executorch`` with explicitly configured memory
+planning.
 The planned arena (``non_const_buffer_sizes``) of each method is recorded.
 
 Speed routes (``SpeedConfig``): trainable 1x1 and KxK (im2col) convolutions are rewritten as matmuls on a copy of
