@@ -1,7 +1,7 @@
 """Fingerprints of the reference bundles: the hash of every program file and the manifest's memory prediction.
 
     PYTHONPATH=<checkout> python benchmarks/bundle_identity.py --out fingerprints.json
-    python benchmarks/bundle_identity.py --compare before.json after.json
+    python benchmarks/bundle_identity.py --compare before.json after.json  (--models mlp small_cnn: fewer)
 
 A refactoring of the export path (issue 14: the technique registry) must leave every bundle as it was: run this
 with the old checkout and the new one on ``PYTHONPATH`` and compare. Each reference model (tests/conftest.py) is
@@ -46,10 +46,11 @@ PLANS: dict[str, tuple[str, TrainingPlan]] = {
 IGNORED = ("verification", "created_by")
 
 
-def fingerprints() -> dict[str, Any]:
+def fingerprints(models: list[str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="memwall-identity-") as tmp:
-        for model_name, (kwargs, shape) in REFERENCE_CASES.items():
+        for model_name in models:
+            kwargs, shape = REFERENCE_CASES[model_name]
             for kind, (backend, plan) in PLANS.items():
                 key = f"{model_name} | {kind}"
                 out = Path(tmp) / str(len(found))
@@ -84,6 +85,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--compare", nargs=2, type=Path)
+    parser.add_argument("--models", nargs="+", default=list(REFERENCE_CASES), choices=list(REFERENCE_CASES))
     args = parser.parse_args()
     if args.compare:
         before, after = (json.loads(p.read_text()) for p in args.compare)
@@ -92,7 +94,7 @@ def main() -> int:
             print(f"differs: {key}")
         print(f"{len(before)} bundles before, {len(after)} after, {len(differences)} differ")
         return 1 if differences else 0
-    args.out.write_text(json.dumps(fingerprints(), indent=1, sort_keys=True))
+    args.out.write_text(json.dumps(fingerprints(args.models), indent=1, sort_keys=True))
     return 0
 
 
