@@ -340,11 +340,17 @@ def check_manifest_consistency(manifest: Manifest, where: str) -> None:
     missing = [role for role in REQUIRED_ROLES[manifest.backend] if role not in manifest.files]
     if missing:
         problems.append(f"files lacks the {', '.join(missing)} role(s) a {manifest.backend} bundle needs")
-    if not manifest.inputs[0].shape:
+    first = manifest.inputs[0].shape
+    if not first:
         problems.append("inputs[0] has no batch dimension")
-    elif manifest.labels.shape[:1] != manifest.inputs[0].shape[:1]:
-        problems.append(f"labels {manifest.labels.shape} and inputs {manifest.inputs[0].shape} differ in batch size")
-    if manifest.training["batch_size"] != manifest.batch_size * manifest.training["micro_batches"]:
+    elif manifest.labels.shape[:1] != first[:1]:
+        problems.append(f"labels {manifest.labels.shape} and inputs {first} differ in batch size")
+    for i, tensor in enumerate(manifest.inputs[1:], start=1):
+        if tensor.shape and first and tensor.shape[0] != first[0]:
+            problems.append(f"inputs[{i}] and inputs[0] differ in batch size")
+        elif not tensor.shape:
+            problems.append(f"inputs[{i}] has no batch dimension")
+    if first and manifest.training["batch_size"] != manifest.batch_size * manifest.training["micro_batches"]:
         problems.append("training.batch_size is not the input batch times micro_batches")
     if len(manifest.labels.shape) == 1 and not manifest.labels.dtype.startswith("int"):
         problems.append(f"labels {manifest.labels.shape} are class indices but have dtype {manifest.labels.dtype}")

@@ -674,9 +674,10 @@ def test_the_native_reader_refuses_what_the_python_loader_refuses(
     file_bundle = tmp_path / "a-file"
     file_bundle.write_text("not a bundle")
     assert "is not a directory" in refusal(native, file_bundle, data)
-    # The Python loader fails on this one with an IndexError (exporters/bundle.py Manifest.batch_size), not a refusal.
     bundle_dir = copy_bundle(bundles["sgd"], tmp_path / "unbatched")
     _edit_manifest(_set("inputs/0/shape", []))(bundle_dir)
+    with pytest.raises(BundleError, match="inputs\\[0\\] has no batch dimension"):
+        load_bundle(bundle_dir)
     assert "inputs[0] has no batch dimension" in refusal(native, bundle_dir, data)
 
 
