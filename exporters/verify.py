@@ -26,10 +26,11 @@ more. ``rel = 1e-3`` leaves wide headroom for rounding and still refuses anythin
 Deep networks with ReLU-type kinks are more sensitive: a last-bit difference upstream flips a ReLU6 mask, and the
 gradients below it move by one element's share of a sum. MobileNetV2 x1.0 at 96x96 (batch 8) was refused at 1e-3
 (``features.18.1.bias`` off by 4.1e-5 where 1.1e-5 was allowed), while eager PyTorch in float32 is itself 6.5e-3
-(relative) away from the same step in float64 there. So the step also runs in float64, and the relative tolerance
-is raised to ``ROUNDING_HEADROOM`` times float32 eager's own largest relative distance from it (capped at
-``MAX_RELATIVE``, 5%): the runtime may be as far from eager as a few other float32 summation orders would be. The
-known wrong kernels are 4x-270x off, far above the cap. The tolerance written to the manifest is the one applied.
+(relative) away from the same step in float64 there. So when a tensor is outside the tolerance, the step also
+runs in float64, and the relative tolerance is raised to ``ROUNDING_HEADROOM`` times float32 eager's own largest
+relative distance from it (capped at ``MAX_RELATIVE``, 5%): the runtime may be as far from eager as a few other
+float32 summation orders would be. The known wrong kernels are 4x-270x off, far above the cap. The tolerance
+written to the manifest is the one applied.
 """
 
 from __future__ import annotations
@@ -222,7 +223,6 @@ def verify_training(
     start = time.perf_counter()
     batches = deterministic_batch(bundle, loss, seed)
     eager = _eager_step(model, loss, batches)
-    tolerance = _with_rounding_headroom(tolerance, eager, model, loss, batches)
     try:
         runtime = _runtime_step(bundle, batches)
     except (BundleError, RuntimeError, ValueError, OSError) as exc:
@@ -231,22 +231,32 @@ def verify_training(
             "would fail on the device: export with another backend, or report the model",
             [],
         ) from exc
-    errors = [
-        compare("loss", runtime.loss, eager.loss, tolerance),
-        compare("logits", runtime.logits, eager.logits, tolerance),
-    ]
-    if runtime.before is None:
-        errors += [
-            compare(f"gradient/{name}", grad, eager.gradient(name, grad), tolerance)
-            for name, grad in runtime.gradients.items()
-        ]
-    else:
-        errors += _compare_fused(runtime, eager, model, optimizer, tolerance)
+    errors = _compare_step(runtime, eager, model, optimizer, tolerance)
+    if any(not e.ok for e in errors):
+        # Only then, so the manifest keeps the base tolerance wherever it holds (the float64 step: 0.5 s CPU on
+        # MobileNetV2 x1.0 96x96 b8).
+        tolerance = _with_rounding_headroom(tolerance, eager, model, loss, batches)
+        errors = _compare_step(runtime, eager, model, optimizer, tolerance)
     result = Verification(tolerance, seed, errors, time.perf_counter() - start)
     wrong = [e for e in errors if not e.ok]
     if wrong:
         raise VerificationError(_explain(bundle, wrong, model, loss, batches[0]), wrong)
     return result
+
+
+def _compare_step(
+    runtime: _Step, eager: _Step, model: nn.Module, optimizer: OptimizerConfig, tolerance: Tolerance
+) -> list[TensorError]:
+    errors = [
+        compare("loss", runtime.loss, eager.loss, tolerance),
+        compare("logits", runtime.logits, eager.logits, tolerance),
+    ]
+    if runtime.before is None:
+        return errors + [
+            compare(f"gradient/{name}", grad, eager.gradient(name, grad), tolerance)
+            for name, grad in runtime.gradients.items()
+        ]
+    return errors + _compare_fused(runtime, eager, model, optimizer, tolerance)
 
 
 @dataclass
