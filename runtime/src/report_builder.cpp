@@ -33,7 +33,8 @@ std::string first_line(const std::string& path) {
 
 std::string or_unknown(const std::string& value, const std::string& fallback) { return value.empty() ? fallback : value; }
 
-// This host as report.v1's device (sdk_tools/lab/client.py host_device_info); the lab replaces the id.
+// This host as report.v1's device (sdk_tools/lab/client.py host_device_info). The lab takes a report only from a
+// registered device (403 otherwise): pass --device-json with the id it gave.
 ordered_json host_device() {
   struct utsname name {};
   ::uname(&name);
