@@ -14,13 +14,19 @@ import os
 import sys
 from pathlib import Path
 
-from exporters.bundle import Bundle, BundleError, load_bundle
-from sdk_tools.memory import proc_status_bytes, release_free_memory, reset_peak
-from sdk_tools.memory_cap import CgroupCap, start_rss_watchdog
-from sdk_tools.runner.checkpoint import CheckpointError
-from sdk_tools.runner.host_warmup import warm_host_code
-from sdk_tools.runner.session import InputError
-from sdk_tools.runner.train import TrainConfig, dataset_for, open_session, train
+from sdk_tools.quiet import quiet_library_chatter
+
+# This process's stderr is the user's terminal (`memwall demo`, `memwall measure`): quiet before the imports below,
+# which load torchao (its CUDA kernels' load failures were printed once per measurement, seen in `memwall demo`).
+quiet_library_chatter()
+
+from exporters.bundle import Bundle, BundleError, load_bundle  # noqa: E402
+from sdk_tools.memory import proc_status_bytes, release_free_memory, reset_peak  # noqa: E402
+from sdk_tools.memory_cap import CgroupCap, start_rss_watchdog  # noqa: E402
+from sdk_tools.runner.checkpoint import CheckpointError  # noqa: E402
+from sdk_tools.runner.host_warmup import warm_host_code  # noqa: E402
+from sdk_tools.runner.session import InputError  # noqa: E402
+from sdk_tools.runner.train import TrainConfig, dataset_for, open_session, train  # noqa: E402
 
 
 def load_runtime(bundle: Bundle, threads: int | None = None) -> int:
