@@ -3,6 +3,8 @@
 from exporters.bundle import Bundle, BundleError, Manifest, load_bundle
 from exporters.config import OptimizerConfig
 from exporters.export import ModelSpec, export_bundle
+from exporters.plan import TrainingPlan, export_plan
+from exporters.technique import ModelContext, Stage, Technique, register_technique
 from exporters.techniques import FreezeConfig, apply_freeze
 
 __all__ = [
@@ -10,9 +12,15 @@ __all__ = [
     "BundleError",
     "FreezeConfig",
     "Manifest",
+    "ModelContext",
     "ModelSpec",
     "OptimizerConfig",
+    "Stage",
+    "Technique",
+    "TrainingPlan",
     "apply_freeze",
     "export_bundle",
+    "export_plan",
     "load_bundle",
+    "register_technique",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,14 +45,18 @@ class BackendArtifacts:
 BackendExporter = Callable[[nn.Module, LossSpec, torch.Tensor, torch.Tensor, OptimizerConfig, Path], BackendArtifacts]
 
 
+# The backends by name: where each one's exporter lives, imported on use (each pulls in its own heavy runtime
+# package, and the exporters import this module for BackendArtifacts: no import cycle).
+BACKEND_EXPORTERS = {
+    "executorch": "exporters.executorch_export:export_executorch",
+    "onnxruntime": "exporters.onnxruntime_export:export_onnxruntime",
+}
+
+
 def backend_exporter(backend: str) -> BackendExporter:
-    # Imported lazily: each backend pulls in its own heavy runtime package.
-    if backend == "executorch":
-        from exporters.executorch_export import export_executorch
-
-        return export_executorch
-    if backend == "onnxruntime":
-        from exporters.onnxruntime_export import export_onnxruntime
-
-        return export_onnxruntime
-    raise ValueError(f"unknown backend {backend!r}: use 'executorch' or 'onnxruntime'")
+    """The exporter of ``backend`` (``"executorch"`` or ``"onnxruntime"``), imported now."""
+    if backend not in BACKEND_EXPORTERS:
+        names = " or ".join(repr(name) for name in BACKEND_EXPORTERS)
+        raise ValueError(f"unknown backend {backend!r}: use {names}")
+    module, _, function = BACKEND_EXPORTERS[backend].partition(":")
+    return getattr(importlib.import_module(module), function)

@@ -66,9 +66,28 @@ class FileEntry:
     bytes: int
 
 
+# The runtimes a bundle's memory is predicted for (``memory.by_runtime``): the Python host runner
+# (``sdk_tools.runner``: the backend's Python bindings, what ``memwall train/measure`` run) and the memwall native
+# runtime (``runtime/``: C++, what the phone apps and Linux boards run; ExecuTorch bundles only).
+HOST_RUNTIME = "python_host"
+NATIVE_RUNTIME = "memwall_native"
+
+
+@dataclass(frozen=True)
+class RuntimePrediction:
+    """One runtime's prediction: its own overhead, and the peak = the shared components + that overhead."""
+
+    runtime_overhead_bytes: int
+    predicted_peak_bytes: int
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Predicted training memory in bytes; components add up to ``predicted_peak_bytes``."""
+    """Predicted training memory in bytes; components add up to ``predicted_peak_bytes``.
+
+    ``runtime_overhead_bytes`` and ``predicted_peak_bytes`` are the Python host runner's (what every reader before
+    ``by_runtime`` took them for); ``by_runtime`` names each runtime's own pair: use ``prediction_for``.
+    """
 
     planned_arena_bytes: int
     parameter_bytes: int
@@ -85,6 +104,18 @@ class MemoryEstimate:
     gradient_accumulation_bytes: int = 0  # the runner's sum of micro-batch gradients
     delegate_bytes: int = 0  # a delegate's (XNNPACK's) workspace, outside the planned arena
     optimizer_workspace_bytes: int = 0  # the app-side update's scratch tensor (the largest trainable parameter)
+    # The prediction per runtime (HOST_RUNTIME, NATIVE_RUNTIME): they differ only in the runtime's own overhead.
+    by_runtime: dict[str, RuntimePrediction] = field(default_factory=dict)
+
+    def prediction_for(self, runtime: str) -> RuntimePrediction:
+        """The prediction for a run in ``runtime``. A manifest with none for it (one written before ``by_runtime``,
+        whose overhead was calibrated on the Python host runner) gives the host runner's: all it predicts."""
+        return self.by_runtime.get(runtime) or RuntimePrediction(self.runtime_overhead_bytes, self.predicted_peak_bytes)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MemoryEstimate:
+        by_runtime = {name: RuntimePrediction(**entry) for name, entry in data.get("by_runtime", {}).items()}
+        return cls(**{**data, "by_runtime": by_runtime})
 
 
 @dataclass(frozen=True)
@@ -132,7 +163,7 @@ class Manifest:
                 "labels": TensorSpec(**data["labels"]),
                 "outputs": [TensorSpec(**t) for t in data["outputs"]],
                 "trainable": [ParameterSpec(**p) for p in data["trainable"]],
-                "memory": MemoryEstimate(**data["memory"]),
+                "memory": MemoryEstimate.from_json(data["memory"]),
             }
         )
 
@@ -309,11 +340,17 @@ def check_manifest_consistency(manifest: Manifest, where: str) -> None:
     missing = [role for role in REQUIRED_ROLES[manifest.backend] if role not in manifest.files]
     if missing:
         problems.append(f"files lacks the {', '.join(missing)} role(s) a {manifest.backend} bundle needs")
-    if not manifest.inputs[0].shape:
+    first = manifest.inputs[0].shape
+    if not first:
         problems.append("inputs[0] has no batch dimension")
-    elif manifest.labels.shape[:1] != manifest.inputs[0].shape[:1]:
-        problems.append(f"labels {manifest.labels.shape} and inputs {manifest.inputs[0].shape} differ in batch size")
-    if manifest.training["batch_size"] != manifest.batch_size * manifest.training["micro_batches"]:
+    elif manifest.labels.shape[:1] != first[:1]:
+        problems.append(f"labels {manifest.labels.shape} and inputs {first} differ in batch size")
+    for i, tensor in enumerate(manifest.inputs[1:], start=1):
+        if tensor.shape and first and tensor.shape[0] != first[0]:
+            problems.append(f"inputs[{i}] and inputs[0] differ in batch size")
+        elif not tensor.shape:
+            problems.append(f"inputs[{i}] has no batch dimension")
+    if first and manifest.training["batch_size"] != manifest.batch_size * manifest.training["micro_batches"]:
         problems.append("training.batch_size is not the input batch times micro_batches")
     if len(manifest.labels.shape) == 1 and not manifest.labels.dtype.startswith("int"):
         problems.append(f"labels {manifest.labels.shape} are class indices but have dtype {manifest.labels.dtype}")
@@ -325,12 +362,29 @@ def check_manifest_consistency(manifest: Manifest, where: str) -> None:
             break
     if len({p.name for p in manifest.trainable}) != len(manifest.trainable):
         problems.append("trainable names a parameter twice")
+    problems += _runtime_prediction_problems(manifest.memory)
     try:
         OptimizerConfig.from_json(manifest.optimizer)
     except (TypeError, ValueError) as exc:
         problems.append(f"optimizer: {exc}")
     if problems:
         raise BundleError(f"{where}: {problems[0]} ({len(problems)} problem(s)); re-export the bundle")
+
+
+def _runtime_prediction_problems(memory: MemoryEstimate) -> list[str]:
+    """``memory.by_runtime`` agrees with the rest: the host's entry is the top-level pair (what older readers use),
+    and every runtime's peak is the same shared components plus its own overhead."""
+    if not memory.by_runtime:
+        return []
+    shared = memory.predicted_peak_bytes - memory.runtime_overhead_bytes
+    host = memory.by_runtime.get(HOST_RUNTIME)
+    if host != RuntimePrediction(memory.runtime_overhead_bytes, memory.predicted_peak_bytes):
+        return [f"memory.by_runtime.{HOST_RUNTIME} is missing or differs from memory's predicted_peak_bytes"]
+    return [
+        f"memory.by_runtime.{name}: predicted_peak_bytes is not the shared components ({shared}) plus its overhead"
+        for name, entry in memory.by_runtime.items()
+        if entry.predicted_peak_bytes - entry.runtime_overhead_bytes != shared
+    ]
 
 
 def check_onnx_self_contained(path: Path, role: str) -> None:

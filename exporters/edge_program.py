@@ -6,8 +6,8 @@ out of ``_export_forward_backward`` already decomposed to core ATen, so that re-
 about 7.6 s CPU for MobileNetV2 x1.0 at 96x96, batch 8 (stage ``edge`` 30.2 -> 22.6 s:
 `python benchmarks/export_time.py`, benchmarks/RESULTS-export-time.md).
 ``to_edge_once`` runs the decompositions only on methods that hold an op the table (or a CompositeImplicitAutograd
-kernel) would rewrite, then the same edge passes ``to_edge`` runs: the program is the same, byte for byte
-(tests/test_export_time.py).
+kernel) would rewrite, then the same edge passes ``to_edge`` runs, less those that cannot change the graph
+(``exporters.executorch_pipeline``): the program is the same, byte for byte (tests/test_export_time.py).
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 from executorch.exir import EdgeCompileConfig, EdgeProgramManager
-from executorch.exir.program._program import _generate_edge_program
 from executorch.exir.tracer import _default_decomposition_table
 from torch import nn
 from torch.export import ExportedProgram
+
+from exporters.executorch_pipeline import generate_edge_program
 
 # ``to_edge`` verifies the ATen and edge dialects only with ``_check_ir_validity``; the exporter's programs are
 # checked by running them (tests), and the training graph's backward ops fail the ATen verifier's allow-list.
@@ -47,7 +48,8 @@ def needs_decomposition(program: ExportedProgram, table: dict[torch._ops.OpOverl
 
 
 def to_edge_once(programs: dict[str, ExportedProgram]) -> EdgeProgramManager:
-    """``to_edge(programs, compile_config=EDGE_CONFIG)``, skipping decompositions that would change nothing."""
+    """``to_edge(programs, compile_config=EDGE_CONFIG)``, skipping decompositions and edge passes that would change
+    nothing."""
     table = _default_decomposition_table()
     for op in EDGE_CONFIG.preserve_ops:
         table.pop(op, None)
@@ -55,7 +57,7 @@ def to_edge_once(programs: dict[str, ExportedProgram]) -> EdgeProgramManager:
     for name, program in programs.items():
         if needs_decomposition(program, table):
             program = program.run_decompositions(table)
-        edge[name] = _generate_edge_program(EDGE_CONFIG, program, preserve_ops=EDGE_CONFIG.preserve_ops)
+        edge[name] = generate_edge_program(EDGE_CONFIG, program, preserve_ops=EDGE_CONFIG.preserve_ops)
     return EdgeProgramManager(edge, None, EDGE_CONFIG)
 
 

@@ -2,8 +2,10 @@
 
 Pipeline: ``torch.export`` (non-strict, in strict's parameter order) -> ``_export_forward_backward`` (joint graph:
 loss, logits, one gradient per trainable parameter) -> ``to_edge`` with both methods (decomposing only the predict
-method: the joint graph is already core ATen) -> memory techniques on the edge program (recomputation, then the
-fused optimizer update) -> ``to_executorch`` with explicitly configured memory planning.
+method: the joint graph is already core ATen; ExecuTorch's edge passes that cannot change a graph skipped) ->
+memory techniques on the edge program, a ``Pipeline`` of named steps whose order is checked (recomputation, then the
+fused optimizer update: ``exporters/executorch_pipeline.py``) -> ``to_executorch`` with explicitly configured memory
+planning.
 The planned arena (``non_const_buffer_sizes``) of each method is recorded.
 
 Speed routes (``SpeedConfig``): trainable 1x1 and KxK (im2col) convolutions are rewritten as matmuls on a copy of
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from executorch.exir import ExecutorchBackendConfig
+from executorch.exir import EdgeProgramManager, ExecutorchBackendConfig
 from executorch.exir.memory_planning import MemoryPlanningAlgorithmSuite, greedy
 from executorch.exir.passes import MemoryPlanningPass
 from executorch.exir.schema import Program
@@ -31,9 +33,15 @@ from exporters.backend import BackendArtifacts
 from exporters.bundle import atomic_write_bytes
 from exporters.config import OptimizerConfig
 from exporters.edge_program import TracedEdge, recall, remember, to_edge_once, trace_key
+from exporters.executorch_pipeline import Pipeline, Step, skip_dim_order_legalization
 from exporters.losses import LossSpec
 from exporters.memory_profile import profile_planned_method
-from exporters.techniques.fused_update import INPUT_DESCRIPTIONS, FusedUpdateConfig, fuse_optimizer_update
+from exporters.techniques.fused_update import (
+    INPUT_DESCRIPTIONS,
+    FusedMethod,
+    FusedUpdateConfig,
+    fuse_optimizer_update,
+)
 from exporters.techniques.im2col_matmul import rewrite_im2col_convs, sink_temporaries
 from exporters.techniques.joint_graph_rewrites import rewrite_joint_graph
 from exporters.techniques.pointwise_linear import rewrite_pointwise_convs
@@ -160,17 +168,41 @@ def _finish_program(
 ) -> BackendArtifacts:
     """memwall's passes on the edge program, memory planning, the program file and what the manifest records."""
     edge, applied, delegates = traced.edge, traced.techniques, traced.delegates
+    fused: list[FusedMethod] = []
+    steps = []
     if recompute is not None:
-        # First: recomputation finds the forward through the gradient outputs that the fused update removes.
         # Only methods with gradients are edited.
-        edge = recompute_activations(edge, recompute, gradients_consumed=fused_update is not None)
+        steps.append(
+            Step(
+                "recompute",
+                lambda edge: recompute_activations(edge, recompute, gradients_consumed=fused_update is not None),
+            )
+        )
     for technique in applied:
         if technique["name"] == "im2col_matmul":
             # Its backward's big temporaries (the columns' gradient) computed just before use: a smaller arena.
-            # Before the fused update, which places each weight's in-place write after its last reader in the
-            # final order: moved afterwards, a reader could land behind the write and see the updated weight.
-            technique["config"]["moved_nodes"] = sink_temporaries(edge.exported_program(TRAIN_METHOD).graph_module)
-    fused = fuse_optimizer_update(edge, optimizer, fused_update)[TRAIN_METHOD] if fused_update is not None else None
+            steps.append(Step("sink_temporaries", lambda edge, t=technique: _sink_temporaries(edge, t)))
+    if fused_update is not None:
+        steps.append(
+            Step(
+                "fused_update",
+                lambda edge: _fuse_update(edge, optimizer, fused_update, fused),
+                after={
+                    "recompute": "recomputation finds the forward through the gradient outputs the update removes",
+                    "sink_temporaries": "the update places each weight's in-place write after its last reader in "
+                    "the final order: a node moved afterwards could land behind the write and see the updated weight",
+                },
+            )
+        )
+    final = "it decides on the final graphs"
+    steps.append(
+        Step(
+            "skip_dim_order_legalization",
+            skip_dim_order_legalization,
+            after={"recompute": final, "sink_temporaries": final, "fused_update": final},
+        )
+    )
+    edge = Pipeline(steps)(edge)
     planner = MemoryPlanningPass(
         memory_planning_algo=MemoryPlanningAlgorithmSuite([greedy]),
         alloc_graph_input=MEMORY_PLANNING["alloc_graph_input"],
@@ -192,11 +224,11 @@ def _finish_program(
         "optimizer_runs_in": "app",
         "runtime": runtime,
     }
-    if fused is not None:
-        train["inputs"] += fused.added_inputs
-        train["outputs"] += fused.buffers
+    if fused:
+        train["inputs"] += fused[0].added_inputs
+        train["outputs"] += fused[0].buffers
         options["optimizer_runs_in"] = "program"
-        options["train_inputs"] = {name: INPUT_DESCRIPTIONS[name] for name in fused.added_inputs}
+        options["train_inputs"] = {name: INPUT_DESCRIPTIONS[name] for name in fused[0].added_inputs}
     return BackendArtifacts(
         files={"program": PROGRAM_FILE},
         planned_arena_bytes=arenas[TRAIN_METHOD],
@@ -213,11 +245,24 @@ def _finish_program(
             program.exported_program(TRAIN_METHOD), TRAIN_METHOD, arenas[TRAIN_METHOD]
         ),
         # With the update in the program, optimizer state is mutable buffers in the planned arena.
-        optimizer_state_tensors=0 if fused is not None else None,
-        consumes_gradients=fused is not None,
+        optimizer_state_tensors=0 if fused else None,
+        consumes_gradients=bool(fused),
         backend_options=options,
         techniques=applied,
     )
+
+
+def _sink_temporaries(edge: EdgeProgramManager, technique: dict[str, Any]) -> EdgeProgramManager:
+    technique["config"]["moved_nodes"] = sink_temporaries(edge.exported_program(TRAIN_METHOD).graph_module)
+    return edge
+
+
+def _fuse_update(
+    edge: EdgeProgramManager, optimizer: OptimizerConfig, config: FusedUpdateConfig, fused: list[FusedMethod]
+) -> EdgeProgramManager:
+    """The optimizer update fused into the training method; its interface appended to ``fused``."""
+    fused.append(fuse_optimizer_update(edge, optimizer, config)[TRAIN_METHOD])
+    return edge
 
 
 def program_operators(program: Program) -> list[str]:

@@ -34,6 +34,8 @@ from exporters.bundle import (
 from exporters.config import OptimizerConfig
 from exporters.losses import encode_labels, resolve_loss
 from exporters.memory_profile import PROFILE_FILE
+from exporters.native_runtime_memory import runtime_predictions
+from exporters.technique import Stage, check_recorded, check_techniques, in_order
 from exporters.techniques.fused_update import FusedUpdateConfig
 from exporters.techniques.recompute import RecomputeConfig
 from exporters.techniques.speed_routes import SpeedConfig
@@ -61,6 +63,7 @@ def estimate_memory(
     optimizer: OptimizerConfig,
     program_bytes: int,
     micro_batches: int,
+    backend: str,
 ) -> MemoryEstimate:
     """Predicted peak of the training process over its idle baseline, by component.
 
@@ -109,6 +112,9 @@ def estimate_memory(
         gradient_accumulation_bytes=accumulation_bytes,
         delegate_bytes=artifacts.delegate_memory_bytes,
         optimizer_workspace_bytes=workspace_bytes,
+        by_runtime=runtime_predictions(
+            backend, artifacts.backend_options, artifacts.techniques, artifacts.runtime_overhead_bytes, peak
+        ),
     )
 
 
@@ -126,6 +132,7 @@ def export_bundle(
     model_spec: ModelSpec | None = None,
     techniques: Sequence[dict[str, Any]] = (),
     micro_batches: int = 1,
+    passes: Sequence[Any] = (),
     recompute: RecomputeConfig | None = None,
     fused_update: FusedUpdateConfig | None = None,
     speed: SpeedConfig | None = None,
@@ -136,37 +143,32 @@ def export_bundle(
     """Export ``model`` for on-device training; parameters with ``requires_grad=False`` stay frozen.
 
     The model is copied and prepared as it trains on device (BatchNorm frozen, eval mode); the original is
-    not modified. ``speed``: ExecuTorch speed routes (off unless given; ``SpeedConfig()`` takes each where it
-    applies; the manifest's ``techniques`` lists those that did).
+    not modified. ``techniques``: the manifest's records of the model transforms already applied to ``model``
+    (a model holding LoRA adapters or int8 layers without their record is refused: use ``export_plan`` or
+    ``sdk_tools.api.export``, which apply and record them). ``passes``: configs of graph passes and speed routes
+    (``RecomputeConfig()``, ``FusedUpdateConfig()``, ``SpeedConfig()``), which the backend's exporter applies;
+    ``recompute``, ``fused_update`` and ``speed`` are the same, by name. The speed routes are off unless given
+    (``SpeedConfig()`` takes each where it applies; the manifest's ``techniques`` lists those that did).
 
     The bundle is written into a staging directory beside ``out_dir``. With ``verify`` (default) its training
     method then runs once in the real runtime against eager PyTorch (``exporters.verify``): a mismatch beyond
     ``tolerance`` raises ``VerificationError`` and nothing is kept. Only a complete bundle moves to ``out_dir``;
     ``overwrite`` replaces an existing bundle there (never a directory that is not one) once the new one is done.
+
+    Example::
+
+        bundle = export_bundle(model, "bundle", sample_shape=(1, 8, 8), batch_size=16, passes=[RecomputeConfig()])
+        bundle.manifest.memory.predicted_peak_bytes
     """
     optimizer = optimizer or OptimizerConfig()
     out = Path(out_dir)
     check_destination(out, overwrite)
     if batch_size < 1 or batch_size % micro_batches:
         raise ValueError(f"batch size {batch_size} must be a positive multiple of micro_batches {micro_batches}")
-    if fused_update is not None and micro_batches > 1:
-        raise ValueError(
-            f"fused_update applies the optimizer on every call of the training method, so it cannot accumulate "
-            f"{micro_batches} micro-batches; use micro_batches=1 with a smaller batch_size, or drop fused_update "
-            "(the app then accumulates gradients and runs the optimizer)"
-        )
-    if fused_update is not None and backend != "executorch":
-        # ONNX graphs are functional: ONNX Runtime keeps parameters in its checkpoint state and changes them only
-        # through its separate optimizer model, so an update cannot live in the training graph.
-        raise ValueError(
-            f"fused_update is not possible on the {backend} backend (its optimizer is a separate model that runs "
-            "after the training graph); use backend='executorch', or drop fused_update"
-        )
-    if speed is not None and speed.enabled and backend != "executorch":
-        raise ValueError(
-            f"speed routes are ExecuTorch program rewrites; the {backend} backend has no use for them: "
-            "use backend='executorch', or speed=None (CLI: --no-speed-routes)"
-        )
+    # The graph passes and speed routes the backend exporter applies (the model transforms are applied already).
+    passes = [*passes, *(config for config in (recompute, fused_update, speed) if config is not None)]
+    check_techniques(passes, micro_batches=micro_batches, backend=backend)
+    check_recorded(model, techniques)
     loss_spec = resolve_loss(loss)
     prepared = prepare_for_training_export(model)
     step_batch = batch_size // micro_batches
@@ -180,14 +182,11 @@ def export_bundle(
     _log(f"exporting {type(model).__name__} for {backend} (batch {step_batch} x {micro_batches} micro-batches)")
     exporter = backend_exporter(backend)
     techniques = list(techniques)
-    if recompute is not None:
-        exporter = functools.partial(exporter, recompute=recompute)
-        techniques.append({"name": "recompute", "config": recompute.to_json()})
-    if fused_update is not None:
-        exporter = functools.partial(exporter, fused_update=fused_update)
-        techniques.append({"name": "fused_update", "config": fused_update.to_json()})
-    if speed is not None and speed.enabled:
-        exporter = functools.partial(exporter, speed=speed)
+    for found, config in in_order(passes):
+        if found.active(config):
+            exporter = functools.partial(exporter, **{found.keyword: config})
+            if found.stage is Stage.GRAPH_PASS:  # the speed routes: the backend records those that applied
+                techniques.append(found.record(config))
     spec = model_spec or ModelSpec()
     reference = copy.deepcopy(prepared) if verify else prepared  # exporters may not leave the model as it was
     with staged(out) as stage:  # the bundle moves to ``out`` only once complete (and verified)
@@ -223,7 +222,12 @@ def export_bundle(
             training={"batch_size": batch_size, "micro_batches": micro_batches},
             methods=artifacts.methods,
             memory=estimate_memory(
-                artifacts, prepared, optimizer, sum(files[role].bytes for role in artifacts.files), micro_batches
+                artifacts,
+                prepared,
+                optimizer,
+                sum(files[role].bytes for role in artifacts.files),
+                micro_batches,
+                backend,
             ),
             model={
                 "spec": spec.spec,

@@ -30,8 +30,8 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
 from torch.fx import Node
 
+from exporters.modules import parameter_block
 from exporters.node_roles import GRADIENT_OF, OPTIMIZER_STATE_OF
-from exporters.techniques.freeze import parameter_block
 
 if TYPE_CHECKING:
     from exporters.techniques.onnx_recompute import OrtRun, TrainingGraphRoles

@@ -1,136 +1,175 @@
-"""A training plan: which techniques a bundle is exported with. The planner emits plans, ``export_plan``
-applies one, and the manifest records it (``techniques``), so an app or the lab can tell what was used.
+"""A training plan: the optimizer, the micro-batches and the techniques a bundle is exported with.
 
-Model transforms run on a copy of the model in a fixed order: LoRA adapters, freezing (the adapters stay
-trainable), int8 storage of the frozen weights. Then the exporter's graph passes (recompute) run on the
-exported training graph; micro-batching and the optimizer shape the training step, and the fused update
-moves the optimizer into the training program (ExecuTorch). Speed routes (ExecuTorch) rewrite trainable 1x1 and
-KxK convolutions as matmuls and lower the frozen part to XNNPACK inside the exporter; the manifest lists those that
-applied.
+The planner emits plans, ``export_plan`` applies one, and the manifest records it (``techniques``), so an app or
+the lab can tell what was used. Each technique is a config class registered in ``exporters.technique``; the plan
+only loops over them in the registry's order. Model transforms run on a copy of the model (LoRA adapters, then
+freezing, which keeps the adapters trainable, then int8 storage of the frozen weights); the exporter runs the
+graph passes on the training graph (recompute, then the fused update, which moves the optimizer into the training
+program) and the speed routes (ExecuTorch), and the manifest lists the routes that applied.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
 from exporters.bundle import Bundle
 from exporters.config import OptimizerConfig
 from exporters.export import ModelSpec, export_bundle
-from exporters.techniques.freeze import FreezeConfig, apply_freeze
-from exporters.techniques.fused_update import FusedUpdateConfig
-from exporters.techniques.int8_weights import Int8WeightsConfig, dequantize_weights, quantize_frozen_weights
-from exporters.techniques.lora import ADAPTERS, LoraConfig, apply_lora, merge_lora
-from exporters.techniques.recompute import RecomputeConfig
-from exporters.techniques.speed_routes import SpeedConfig
+from exporters.technique import (
+    ModelContext,
+    Stage,
+    check_techniques,
+    find_technique,
+    fold_techniques,
+    from_record,
+    in_order,
+    technique,
+    technique_of,
+    techniques,
+)
+
+Config = TypeVar("Config")
+_FIELDS = ("optimizer", "micro_batches", "techniques")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TrainingPlan:
-    freeze: FreezeConfig = field(default_factory=FreezeConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    micro_batches: int = 1
-    recompute: RecomputeConfig | None = None
-    lora: LoraConfig | None = None
-    int8_frozen: Int8WeightsConfig | None = None
-    fused_update: FusedUpdateConfig | None = None
-    speed: SpeedConfig | None = None  # ExecuTorch speed routes; None: none
+    """The optimizer, the micro-batches per step and one config per technique (in the registry's order).
 
-    def __post_init__(self) -> None:
+    ``TrainingPlan(LoraConfig(4), FreezeConfig(("classifier.*",)), optimizer=OptimizerConfig("adamw"))``.
+    Plans written before the registry read as they were: an ``OptimizerConfig`` and an int among the positional
+    arguments are the optimizer and the micro-batches, and a technique's name (or old name) as a keyword gives its
+    config (``int8_frozen=Int8WeightsConfig()``, ``speed=SpeedConfig()``; None leaves the technique out), so
+    ``dataclasses.replace(plan, recompute=RecomputeConfig())`` works. Reading ``plan.<name>`` gives the config of
+    that technique, its default (freeze: everything trains) or None.
+    """
+
+    optimizer: OptimizerConfig
+    micro_batches: int
+    techniques: tuple[Any, ...]
+
+    def __init__(
+        self,
+        *configs: Any,
+        optimizer: OptimizerConfig | None = None,
+        micro_batches: int = 1,
+        techniques: Sequence[Any] = (),
+        **named: Any,
+    ) -> None:
+        chosen = {technique_of(c).name: c for c in techniques}
+        given: list[Any] = []
+        for value in configs:
+            if isinstance(value, OptimizerConfig):
+                optimizer = value
+            elif type(value) is int:
+                micro_batches = value
+            elif value is not None:
+                given.append(value)
+        chosen.update((found.name, config) for found, config in in_order(given))
+        for name, config in named.items():
+            found = technique(name)
+            if config is None:
+                chosen.pop(found.name, None)
+            elif not isinstance(config, found.config):
+                raise TypeError(f"{name}= takes a {found.config.__name__}, got {type(config).__name__}")
+            else:
+                chosen[found.name] = config
+        for found in _with_defaults():
+            chosen.setdefault(found.name, found.default)
+        object.__setattr__(self, "optimizer", optimizer or OptimizerConfig())
+        object.__setattr__(self, "micro_batches", micro_batches)
+        object.__setattr__(self, "techniques", tuple(config for _, config in in_order(chosen.values())))
         if self.micro_batches < 1:
             raise ValueError(f"micro_batches must be >= 1, got {self.micro_batches}")
-        if self.fused_update is not None and self.micro_batches > 1:
-            raise ValueError(
-                "a fused update applies the optimizer on every call of the training method, so it cannot "
-                "accumulate micro-batches: drop one of them"
-            )
+        check_techniques(self.techniques, micro_batches=self.micro_batches)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called where no field or method has the name: a technique's name reads its config.
+        found = None if name.startswith("_") else find_technique(name)
+        if found is None:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r} (and no technique of that name)")
+        return self.config(found.config)
+
+    def config(self, kind: type[Config]) -> Config | None:
+        """The plan's config of type ``kind`` (e.g. ``LoraConfig``), else None."""
+        return next((c for c in self.techniques if type(c) is kind), None)
 
     def describe(self) -> str:
-        trains = self.freeze.describe()
-        if self.lora is not None:
-            trains = f"LoRA r{self.lora.rank}" + ("" if self.freeze.trains_everything else f" + {trains}")
-        parts = [f"train {trains}", self.optimizer.kind + (" fused into the program" if self.fused_update else "")]
-        if self.int8_frozen is not None:
-            parts.append("int8 frozen weights")
-        if self.recompute is not None:
-            parts.append(f"recompute {self.recompute.segments}")
-        if self.micro_batches > 1:
-            parts.append(f"{self.micro_batches} micro-batches")
-        if self.speed is not None and self.speed.enabled:
-            parts.append(self.speed.describe())
-        return ", ".join(parts)
+        """One line: what trains, the optimizer, then the step's techniques (``train LoRA r4 + head, sgd``)."""
+        slots: dict[str, list[str]] = {"trains": [], "optimizer": [], "step": [], "routes": []}
+        for found, config in in_order(self.techniques):
+            if found.describe is not None and found.active(config):
+                slots["routes" if found.stage is Stage.SPEED_ROUTE else found.slot].append(found.describe(config))
+        micro = [f"{self.micro_batches} micro-batches"] if self.micro_batches > 1 else []
+        trains = " + ".join(slots["trains"]) or "full"
+        optimizer = " ".join([self.optimizer.kind, *slots["optimizer"]])
+        return ", ".join([f"train {trains}", optimizer, *slots["step"], *micro, *slots["routes"]])
 
-    def techniques(self) -> list[dict[str, Any]]:
-        """The manifest's technique list for the model transforms (the exporter adds its graph passes)."""
-        techniques = []
-        if self.lora is not None:
-            techniques.append({"name": "lora", "config": self.lora.to_json()})
-        if not self.freeze.trains_everything:
-            techniques.append({"name": "freeze", "config": self.freeze.to_json()})
-        if self.int8_frozen is not None:
-            techniques.append({"name": "int8_weights", "config": self.int8_frozen.to_json()})
-        return techniques
+    def records(self) -> list[dict[str, Any]]:
+        """The manifest's records of the model transforms (the exporter adds its graph passes and routes)."""
+        return [
+            found.record(config)
+            for found, config in in_order(self.techniques)
+            if found.stage is Stage.MODEL_TRANSFORM and found.active(config)
+        ]
+
+    def passes(self) -> list[Any]:
+        """The configs the backend exporter applies: graph passes and speed routes."""
+        return [config for found, config in in_order(self.techniques) if found.stage is not Stage.MODEL_TRANSFORM]
 
     @classmethod
-    def model_transforms(cls, techniques: Sequence[dict[str, Any]]) -> TrainingPlan:
+    def model_transforms(cls, records: Sequence[dict[str, Any]]) -> TrainingPlan:
         """The model transforms a manifest's ``techniques`` recorded (to rebuild the trained model)."""
-        configs = {t["name"]: t["config"] for t in techniques}
-        return cls(
-            freeze=FreezeConfig.from_json(configs["freeze"]) if "freeze" in configs else FreezeConfig(),
-            lora=LoraConfig.from_json(configs["lora"]) if "lora" in configs else None,
-            int8_frozen=Int8WeightsConfig.from_json(configs["int8_weights"]) if "int8_weights" in configs else None,
-        )
+        configs = []
+        for record in records:
+            found = find_technique(record["name"])  # the speed routes record each route by its own name
+            if found is not None and found.stage is Stage.MODEL_TRANSFORM:
+                configs.append(from_record(record["name"], record["config"]))
+        return cls(*configs)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "freeze": self.freeze.to_json(),
-            "optimizer": self.optimizer.to_json(),
-            "micro_batches": self.micro_batches,
-            "recompute": self.recompute.to_json() if self.recompute else None,
-            "lora": self.lora.to_json() if self.lora else None,
-            "int8_frozen": self.int8_frozen.to_json() if self.int8_frozen else None,
-            "fused_update": self.fused_update.to_json() if self.fused_update else None,
-            "speed": self.speed.to_json() if self.speed else None,
-        }
+        entries = []
+        for found, config in in_order(self.techniques):
+            if config != found.default:
+                entries.append({"name": found.name, "version": found.version, "config": config.to_json()})
+        return {"optimizer": self.optimizer.to_json(), "micro_batches": self.micro_batches, "techniques": entries}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainingPlan:
+        """A plan from ``to_json``, or from the JSON written before the registry (a key per technique)."""
+        configs = [from_record(t["name"], t["config"], t.get("version", 1)) for t in data.get("techniques", [])]
+        named = {key: from_record(key, value) for key, value in data.items() if key not in _FIELDS and value}
         return cls(
-            freeze=FreezeConfig.from_json(data.get("freeze", {})),
+            *configs,
             optimizer=OptimizerConfig.from_json(data.get("optimizer", {})),
             micro_batches=int(data.get("micro_batches", 1)),
-            recompute=RecomputeConfig.from_json(data["recompute"]) if data.get("recompute") else None,
-            lora=LoraConfig.from_json(data["lora"]) if data.get("lora") else None,
-            int8_frozen=Int8WeightsConfig.from_json(data["int8_frozen"]) if data.get("int8_frozen") else None,
-            fused_update=FusedUpdateConfig.from_json(data["fused_update"]) if data.get("fused_update") else None,
-            speed=SpeedConfig.from_json(data["speed"]) if data.get("speed") else None,
+            **named,
         )
+
+
+def _with_defaults() -> list[Any]:
+    return [found for found in techniques() if found.default is not None]
 
 
 def apply_model_techniques(model: nn.Module, plan: TrainingPlan) -> nn.Module:
     """A copy of ``model`` with the plan's model transforms applied (the original is left as it is)."""
     model = copy.deepcopy(model)
-    if plan.lora is not None:
-        model = apply_lora(model, plan.lora)
-        if not plan.freeze.trains_everything:
-            # apply_freeze replaces the whole selection: keep the adapters in it.
-            adapters = tuple(f"*.{name}" for name in ADAPTERS)
-            apply_freeze(model, replace(plan.freeze, trainable=(*plan.freeze.trainable, *adapters)))
-    else:
-        apply_freeze(model, plan.freeze)
-    if plan.int8_frozen is not None:
-        model = quantize_frozen_weights(model, plan.int8_frozen)
+    context = ModelContext()
+    for found, config in in_order(plan.techniques):
+        if found.apply is not None:
+            model = found.apply(model, config, context)
     return model
 
 
 def fold_model_techniques(model: nn.Module) -> nn.Module:
     """Back to the original architecture: adapters merged, int8 weights as the floats the device used."""
-    return dequantize_weights(merge_lora(model))
+    return fold_techniques(model)
 
 
 def export_plan(
@@ -148,7 +187,15 @@ def export_plan(
     overwrite: bool = False,
     verify: bool = True,
 ) -> Bundle:
-    """Export ``model`` with every technique of ``plan`` baked in (``verify``: see ``export_bundle``)."""
+    """Export ``model`` with every technique of ``plan`` baked in and recorded (``verify``: see ``export_bundle``).
+
+    Example::
+
+        plan = TrainingPlan(LoraConfig(4), FreezeConfig(("classifier.*",)), optimizer=OptimizerConfig("adamw"))
+        bundle = export_plan(model, "bundle", plan, sample_shape=(3, 32, 32), batch_size=8)
+        [t["name"] for t in bundle.manifest.techniques]  # ['lora', 'freeze']
+    """
+    check_techniques(plan.techniques, micro_batches=plan.micro_batches, backend=backend)
     return export_bundle(
         apply_model_techniques(model, plan),
         out_dir,
@@ -160,11 +207,9 @@ def export_plan(
         classes=classes,
         name=name,
         model_spec=model_spec,
-        techniques=plan.techniques(),
+        techniques=plan.records(),
         micro_batches=plan.micro_batches,
-        recompute=plan.recompute,
-        fused_update=plan.fused_update,
-        speed=plan.speed,
+        passes=plan.passes(),
         overwrite=overwrite,
         verify=verify,
     )

@@ -17,8 +17,8 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import ExportGraphSignature, InputKind, InputSpec
 from torch.func import functional_call
 
+from exporters.frozen_batchnorm import freeze_batchnorm
 from exporters.losses import LossFn
-from sdk_tools.models.frozen_batchnorm import freeze_batchnorm
 
 # Parameter names in the exported programs are the model's names under this prefix.
 MODEL_PREFIX = "model."

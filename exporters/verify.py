@@ -22,10 +22,20 @@ and gradients; 1.2e-4 for a fused update's parameter change, which is the parame
 an lr-sized step (allowed for as 4 ulp of the largest parameter). The known wrong kernel gives errors of 100 and
 more. ``rel = 1e-3`` leaves wide headroom for rounding and still refuses anything a user would notice;
 ``abs = 1e-6`` only covers all-zero tensors.
+
+Deep networks with ReLU-type kinks are more sensitive: a last-bit difference upstream flips a ReLU6 mask, and the
+gradients below it move by one element's share of a sum. MobileNetV2 x1.0 at 96x96 (batch 8) was refused at 1e-3
+(``features.18.1.bias`` off by 4.1e-5 where 1.1e-5 was allowed), while eager PyTorch in float32 is itself 6.5e-3
+(relative) away from the same step in float64 there. So when a tensor is outside the tolerance, the step also
+runs in float64, and the relative tolerance is raised to ``ROUNDING_HEADROOM`` times float32 eager's own largest
+relative distance from it (capped at ``MAX_RELATIVE``, 5%): the runtime may be as far from eager as a few other
+float32 summation orders would be. The known wrong kernels are 4x-270x off, far above the cap. The tolerance
+written to the manifest is the one applied.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -42,6 +52,8 @@ from exporters.losses import LossSpec, encode_labels
 from exporters.training_graph import strip_prefix
 
 DEFAULT_SEED = 20261207
+ROUNDING_HEADROOM = 4.0
+MAX_RELATIVE = 0.05
 _FLOAT32_EPS = torch.finfo(torch.float32).eps
 # Kernels whose absence has a better fix than the generic one.
 _AVERAGE_POOL_FIX = (
@@ -219,22 +231,32 @@ def verify_training(
             "would fail on the device: export with another backend, or report the model",
             [],
         ) from exc
-    errors = [
-        compare("loss", runtime.loss, eager.loss, tolerance),
-        compare("logits", runtime.logits, eager.logits, tolerance),
-    ]
-    if runtime.before is None:
-        errors += [
-            compare(f"gradient/{name}", grad, eager.gradient(name, grad), tolerance)
-            for name, grad in runtime.gradients.items()
-        ]
-    else:
-        errors += _compare_fused(runtime, eager, model, optimizer, tolerance)
+    errors = _compare_step(runtime, eager, model, optimizer, tolerance)
+    if any(not e.ok for e in errors):
+        # Only then, so the manifest keeps the base tolerance wherever it holds (the float64 step: 0.5 s CPU on
+        # MobileNetV2 x1.0 96x96 b8).
+        tolerance = _with_rounding_headroom(tolerance, eager, model, loss, batches)
+        errors = _compare_step(runtime, eager, model, optimizer, tolerance)
     result = Verification(tolerance, seed, errors, time.perf_counter() - start)
     wrong = [e for e in errors if not e.ok]
     if wrong:
         raise VerificationError(_explain(bundle, wrong, model, loss, batches[0]), wrong)
     return result
+
+
+def _compare_step(
+    runtime: _Step, eager: _Step, model: nn.Module, optimizer: OptimizerConfig, tolerance: Tolerance
+) -> list[TensorError]:
+    errors = [
+        compare("loss", runtime.loss, eager.loss, tolerance),
+        compare("logits", runtime.logits, eager.logits, tolerance),
+    ]
+    if runtime.before is None:
+        return errors + [
+            compare(f"gradient/{name}", grad, eager.gradient(name, grad), tolerance)
+            for name, grad in runtime.gradients.items()
+        ]
+    return errors + _compare_fused(runtime, eager, model, optimizer, tolerance)
 
 
 @dataclass
@@ -264,6 +286,37 @@ def _eager_step(model: nn.Module, loss: LossSpec, batches: list[tuple[torch.Tens
     gradients = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     return _Step(value.detach(), logits.detach(), gradients)
+
+
+def _with_rounding_headroom(
+    tolerance: Tolerance,
+    eager: _Step,
+    model: nn.Module,
+    loss: LossSpec,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+) -> Tolerance:
+    """``tolerance`` with its relative part raised to ``ROUNDING_HEADROOM`` x float32 eager's largest relative
+    distance from the same step in float64 (see the module docstring), at most ``MAX_RELATIVE``."""
+    try:
+        exact = _eager_step(
+            copy.deepcopy(model).double(),
+            loss,
+            [(x.double(), y.double() if y.is_floating_point() else y) for x, y in batches],
+        )
+    except (RuntimeError, TypeError, ValueError, copy.Error):
+        # A model that fixes its own dtypes (int8 weights dequantized to float32) has no float64 twin: the base
+        # tolerance stays, which every such reference model meets.
+        return tolerance
+    pairs = [(eager.loss, exact.loss), (eager.logits, exact.logits)]
+    pairs += [(grad, exact.gradients[name]) for name, grad in eager.gradients.items() if name in exact.gradients]
+    # Tensors near zero (the bias of a layer followed by BatchNorm) are judged by ``abs``: floor the scale.
+    floor = tolerance.abs / tolerance.rel
+    sensitivity = max(
+        (float((a.double() - b).abs().max()) / (float(b.abs().max()) + floor) for a, b in pairs if b.numel()),
+        default=0.0,
+    )
+    relative = min(max(tolerance.rel, ROUNDING_HEADROOM * sensitivity), MAX_RELATIVE)
+    return Tolerance(tolerance.abs, relative)
 
 
 def _runtime_step(bundle: Bundle, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> _Step:

@@ -104,29 +104,38 @@ def _optimizer(args: argparse.Namespace) -> Any:
 
 def _plan(args: argparse.Namespace) -> Any:
     from exporters.plan import TrainingPlan
-    from exporters.techniques import FreezeConfig, RecomputeConfig
+    from exporters.techniques import FreezeConfig, FusedUpdateConfig, Int8WeightsConfig, LoraConfig, RecomputeConfig
 
-    recompute = None
+    configs: list[Any] = [FreezeConfig(tuple(args.trainable), args.last_blocks, args.bias_only), _speed(args)]
     if args.recompute:
-        recompute = RecomputeConfig(int(args.recompute) if args.recompute.isdigit() else args.recompute)
-    from exporters.techniques.int8_weights import Int8WeightsConfig
-    from exporters.techniques.lora import LoraConfig
+        configs.append(RecomputeConfig(int(args.recompute) if args.recompute.isdigit() else args.recompute))
+    if args.lora_rank:
+        configs.append(LoraConfig(args.lora_rank, args.lora_alpha, tuple(args.lora_target or ("*",))))
+    if args.int8_weights:
+        configs.append(Int8WeightsConfig(tuple(args.int8_target or ("*",)), not args.int8_per_tensor))
+    if args.fused_update:
+        configs.append(FusedUpdateConfig(args.fused_update))
+    return TrainingPlan(*configs, *args.technique, optimizer=_optimizer(args), micro_batches=args.micro_batches)
 
-    freeze = FreezeConfig(tuple(args.trainable), args.last_blocks, args.bias_only)
-    lora = LoraConfig(args.lora_rank, args.lora_alpha, tuple(args.lora_target or ("*",))) if args.lora_rank else None
-    int8 = Int8WeightsConfig(tuple(args.int8_target or ("*",)), not args.int8_per_tensor) if args.int8_frozen else None
-    from exporters.techniques.fused_update import FusedUpdateConfig
 
-    fused = FusedUpdateConfig(args.fused_update) if args.fused_update else None
-    return TrainingPlan(freeze, _optimizer(args), args.micro_batches, recompute, lora, int8, fused, _speed(args))
+def _parse_technique(text: str) -> Any:
+    """``--technique NAME`` or ``NAME=JSON``: any registered technique's config (its defaults, or from JSON)."""
+    from exporters.technique import from_record
+
+    name, _, config = text.partition("=")
+    try:
+        return from_record(name, json.loads(config) if config else {})
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--technique {name}=JSON: the config is not JSON ({exc})") from exc
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise argparse.ArgumentTypeError(f"--technique {text}: {_one_line(exc)} (see 'memwall techniques')") from exc
 
 
 def _speed(args: argparse.Namespace) -> Any:
     """ExecuTorch speed routes: on by default for ExecuTorch (each where it applies), off for ONNX Runtime."""
-    from exporters.techniques.speed_routes import SpeedConfig
+    from exporters.techniques.speed_routes import default_speed_routes
 
-    routes = args.speed_routes if args.speed_routes is not None else args.backend == "executorch"
-    return SpeedConfig() if routes else None
+    return default_speed_routes(args.backend, args.speed_routes)
 
 
 def _export_model(args: argparse.Namespace, out: str | Path) -> Bundle:
@@ -163,6 +172,7 @@ def _planner(args: argparse.Namespace) -> Any:
         loss=args.loss,
         speed=_speed(args),
         lossless=args.lossless,
+        workers=getattr(args, "workers", 1),
     )
 
 
@@ -170,18 +180,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.budget is None:
         bundle = _export_model(args, args.out)
     else:
-        import shutil
+        from sdk_tools.api import export_within_budget
 
-        from exporters.bundle import load_bundle
-        from exporters.export import check_destination, staged
-
-        out = Path(args.out)
-        check_destination(out, args.force)
-        report = _planner(args).search(args.budget, margin=args.margin, top=1)
-        with staged(out) as stage:  # the old bundle stays until the new one is complete
-            shutil.copytree(report.fitting[0].bundle.directory, stage, dirs_exist_ok=True)
-        bundle = load_bundle(out)
-        print(f"plan for {args.budget / 2**20:.1f} MiB: {report.fitting[0].plan.describe()}", file=sys.stderr)
+        bundle, plan = export_within_budget(
+            _planner(args), Path(args.out), args.budget, margin=args.margin, overwrite=args.force
+        )
+        print(f"plan for {args.budget / 2**20:.1f} MiB: {plan.describe()}", file=sys.stderr)
     if args.json:
         _print_json({"bundle": str(bundle.directory), "manifest": bundle.manifest.to_json()})
     else:
@@ -337,7 +341,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
     # Every argument is checked before the checkpoint is read.
     if args.onnx and bundle.manifest.backend != "onnxruntime":
         raise ValueError("--onnx needs an onnxruntime bundle; for ExecuTorch use --out and export from PyTorch")
-    transformed = {t["name"] for t in bundle.manifest.techniques} & {"lora", "int8_weights"}
+    from exporters.technique import foldable
+
+    transformed = foldable(bundle.manifest.techniques)
     if args.out and transformed and not args.base:
         # Adapters must be merged into (and int8 weights restored from) the weights the bundle was made from.
         raise ValueError(
@@ -375,6 +381,21 @@ def cmd_pull(args: argparse.Namespace) -> int:
             print("load with model.load_state_dict(torch.load(path), strict=False)")
         if args.onnx:
             print(f"wrote {args.onnx}: an inference model (input -> logits) with the trained weights")
+    return 0
+
+
+def cmd_techniques(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from exporters.technique import listing
+
+    rows = listing()
+    if args.json:
+        _print_json([asdict(row) for row in rows])
+        return 0
+    for row in rows:
+        old = f" (was: {', '.join(row.aliases)})" if row.aliases else ""
+        print(f"{row.name:<14} {row.stage:<16} {'+'.join(row.backends):<23} v{row.version}  {row.summary}{old}")
     return 0
 
 
@@ -496,14 +517,23 @@ def _add_plan_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-rank", type=_positive, help="LoRA adapters of this rank (the adapted layers freeze)")
     parser.add_argument("--lora-alpha", type=float, default=8.0, help="LoRA scaling numerator (alpha / rank)")
     parser.add_argument("--lora-target", action="append", help="fnmatch over module names (default: every fit)")
-    parser.add_argument("--int8-frozen", action="store_true", help="store frozen Linear/Conv weights as int8")
-    parser.add_argument("--int8-target", action="append", help="fnmatch over module names for --int8-frozen")
+    parser.add_argument(
+        "--int8-weights", "--int8-frozen", action="store_true", help="store frozen Linear/Conv weights as int8"
+    )
+    parser.add_argument("--int8-target", action="append", help="fnmatch over module names for --int8-weights")
     parser.add_argument("--int8-per-tensor", action="store_true", help="one int8 scale per tensor, not per channel")
     parser.add_argument(
         "--speed-routes",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="ExecuTorch: trainable convs as matmuls (1x1, KxK), frozen part on XNNPACK (default: on for executorch)",
+    )
+    parser.add_argument(
+        "--technique",
+        action="append",
+        default=[],
+        type=_parse_technique,
+        help="any registered technique as NAME or NAME=JSON config (repeatable; list them: memwall techniques)",
     )
 
 
@@ -552,6 +582,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_parse_size, required=True, help="memory the app may use, e.g. 48MB")
     p.add_argument("--margin", type=float, default=0.1, help="headroom for prediction error (fraction of budget)")
     p.add_argument("--top", type=_positive, default=3, help="how many plans to show")
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=min(2, os.cpu_count() or 1),
+        help="processes searching trainable sets side by side (default: 2 where the machine has 2 cores)",
+    )
     p.add_argument(
         "--speed-routes",
         action=argparse.BooleanOptionalAction,
@@ -605,6 +641,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_lab_args(p, local_default="memwall_lab")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("techniques", help="list the registered techniques: stage, backends, version")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_techniques)
 
     add_lab_parser(sub)
     return parser

@@ -26,7 +26,7 @@ def measurement_report(measurement: Measurement, device_id: str) -> dict[str, An
     return {
         "schema_version": 1,
         "device": {**host_device_info(), "device_id": device_id},
-        "bundle": bundle_section(Path(measurement.bundle) / MANIFEST_NAME),
+        "bundle": bundle_section(Path(measurement.bundle) / MANIFEST_NAME, measurement.runtime),
         "run": {
             "report_id": str(uuid.uuid4()),
             "started_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
@@ -38,6 +38,7 @@ def measurement_report(measurement: Measurement, device_id: str) -> dict[str, An
             "accuracy_before": train["accuracy_before"],
             "accuracy_after": train["accuracy_after"],
             "threads": measurement.threads,
+            "runtime": measurement.runtime,
         },
         "memory": {
             "peak_rss_bytes": measurement.peak_rss_bytes,

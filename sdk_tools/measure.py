@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from exporters.bundle import Bundle, load_bundle
+from exporters.bundle import HOST_RUNTIME, Bundle, load_bundle
 from sdk_tools.figures import prediction_error
 from sdk_tools.memory_cap import create_cgroup_cap
 from sdk_tools.runner.isolation import child_env, crash_message, describe_exit, neutral_path, python_command
@@ -49,6 +49,7 @@ class Measurement:
     train: dict[str, Any]
     cap_bytes: int | None = None  # the hard cap the child ran under, if any
     cap_enforced_by: str | None = None  # "cgroup-v1", "cgroup-v2" or "rss-watchdog"
+    runtime: str = HOST_RUNTIME  # the runtime that trained (memory.by_runtime's key of the prediction compared)
 
     @property
     def prediction_error(self) -> float:
@@ -59,10 +60,11 @@ class Measurement:
         return {**asdict(self), "prediction_error": self.prediction_error}
 
 
-def predicted_peak(bundle: Bundle, evaluates: bool) -> int:
-    """The manifest's prediction for this run: the predict method's arena exists only if it ever runs."""
+def predicted_peak(bundle: Bundle, evaluates: bool, runtime: str = HOST_RUNTIME) -> int:
+    """The manifest's prediction for a run in ``runtime``: the predict method's arena exists only if it ever runs.
+    (``MemoryEstimate.prediction_for``)."""
     memory = bundle.manifest.memory
-    return memory.predicted_peak_bytes - (0 if evaluates else memory.evaluation_arena_bytes)
+    return memory.prediction_for(runtime).predicted_peak_bytes - (0 if evaluates else memory.evaluation_arena_bytes)
 
 
 def measure_training(

@@ -28,9 +28,10 @@ import contextlib
 import hashlib
 import json
 import multiprocessing
+import pickle
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from torch import nn
 
 from exporters.bundle import Bundle, BundleError, load_bundle
 from exporters.config import OptimizerConfig
-from exporters.edge_program import open_shared_traces, shared_traces
+from exporters.edge_program import shared_traces
 from exporters.export import ModelSpec
 from exporters.plan import TrainingPlan, export_plan
 from exporters.techniques.freeze import FreezeConfig, numbered_blocks, parameter_block
@@ -47,6 +48,7 @@ from exporters.techniques.int8_weights import Int8WeightsConfig
 from exporters.techniques.lora import LoraConfig, lora_kind
 from exporters.techniques.recompute import RecomputeConfig
 from exporters.techniques.speed_routes import SpeedConfig
+from sdk_tools import planner_lane
 
 
 class NoPlanFitsError(ValueError):
@@ -70,8 +72,9 @@ class Candidate:
     def trainable_parameters(self) -> int:
         return sum(p.numel for p in self.bundle.manifest.trainable)
 
-    def to_json(self) -> dict:
-        return {
+    def to_json(self, bundle: bool = True) -> dict:
+        """``bundle``: with where the bundle is (False: only the plan and its figures, to compare searches)."""
+        data = {
             "plan": self.plan.to_json(),
             "description": self.plan.describe(),
             "bundle": str(self.bundle.directory),
@@ -79,6 +82,9 @@ class Candidate:
             "planned_arena_bytes": self.bundle.manifest.memory.planned_arena_bytes,
             "trainable_parameters": self.trainable_parameters,
         }
+        if not bundle:
+            del data["bundle"]
+        return data
 
 
 @dataclass
@@ -95,13 +101,13 @@ class PlanReport:
     def smallest(self) -> Candidate:
         return min(self.tried, key=lambda c: c.predicted_peak_bytes)
 
-    def to_json(self) -> dict:
+    def to_json(self, bundles: bool = True) -> dict:
         return {
             "budget_bytes": self.budget_bytes,
             "margin": self.margin,
             "limit_bytes": self.limit_bytes,
-            "fitting": [c.to_json() for c in self.fitting],
-            "tried": [c.to_json() for c in self.tried],
+            "fitting": [c.to_json(bundles) for c in self.fitting],
+            "tried": [c.to_json(bundles) for c in self.tried],
         }
 
 
@@ -166,18 +172,14 @@ class Planner:
     loss: str = "cross_entropy"
     speed: SpeedConfig | None = None  # speed routes every candidate is exported with
     lossless: bool = False  # True: never store frozen weights as int8
-    # Processes exporting candidates side by side: a set's fastest and leanest variants (different batch shapes)
-    # export at once, and each process keeps the traces of its batch shape for the variants after them. The CLI
-    # keeps 1: where every set's fastest variant fits (32 MB for MobileNetV2 x0.5 at 32x32), the leanest ones are
-    # exported for nothing, doubling the CPU on a shared machine; prefetching the next set's fastest variant would
-    # fit that case (not built).
+    # Processes searching trainable sets side by side: this one plus ``workers - 1`` spawned lanes, each lane
+    # taking the next set nobody works on (speculatively: a lane's set may not be needed once enough plans fit;
+    # its export is then stopped). The CLI uses 2 on a machine with 2 cores.
     workers: int = 1
     log: Callable[[str], None] = field(default=lambda message: print(f"[memwall plan] {message}", file=sys.stderr))
 
     def __post_init__(self) -> None:
         self._cache: dict[str, Candidate | None] = {}
-        self._lanes: list[Any] = []  # one single-process pool per worker, while a search runs
-        self._pending: dict[str, Any] = {}  # bundle key -> the lane's result of its export
         weights = hashlib.sha256()
         for name, tensor in self.model.state_dict().items():
             weights.update(name.encode())
@@ -205,8 +207,7 @@ class Planner:
             bundle = load_bundle(directory)
         except BundleError:
             self.log(f"exporting: {plan.describe()}")
-            pending = self._pending.pop(key, None) or self._start(plan, directory)
-            error = pending.get() if pending is not None else _export_candidate(self._job(plan, directory))
+            error = _export_candidate(self._job(plan, directory))
             if error is not None:  # a technique this backend lacks, or a set that trains nothing
                 self.log(f"skipped ({error})")
                 self._cache[key] = None
@@ -229,40 +230,6 @@ class Planner:
         shape = (self.sample_shape, self.batch_size, self.backend, self.loss, self.model_spec)
         return (self.model, directory, plan, *shape)
 
-    def _start(self, plan: TrainingPlan, directory: Path) -> Any:
-        """The export of ``plan`` started in its lane (by batch shape), or None without lanes."""
-        if not self._lanes or directory.name in self._cache or directory.name in self._pending:
-            return self._pending.get(directory.name)
-        lane = self._lanes[min(plan.micro_batches - 1, len(self._lanes) - 1)]
-        return lane.apply_async(_export_candidate, (self._job(plan, directory),))
-
-    def _prefetch(self, plans: list[TrainingPlan]) -> None:
-        """Start exporting ``plans`` in the lanes, where not exported yet."""
-        for plan in plans:
-            if plan.speed is None and self.speed is not None:
-                plan = replace(plan, speed=self.speed)
-            directory = self.bundle_dir(plan)
-            if directory.name not in self._pending and not (directory / "manifest.json").exists():
-                started = self._start(plan, directory)
-                if started is not None:
-                    self._pending[directory.name] = started
-
-    @contextlib.contextmanager
-    def _workers(self) -> Iterator[None]:
-        if self.workers < 2:
-            yield
-            return
-        # Spawned, not forked: a forked child of a process that ran torch's OpenMP kernels can hang in its first
-        # parallel region. Starting one costs its imports (about 8 s CPU), side by side with the first export.
-        spawn = multiprocessing.get_context("spawn")
-        self._lanes = [spawn.Pool(1, initializer=_start_lane) for _ in range(self.workers)]
-        try:
-            yield
-        finally:
-            for lane in self._lanes:
-                lane.terminate()  # a speculative export nobody waits for; its directory has no manifest
-            self._lanes, self._pending = [], {}
-
     def search(self, budget_bytes: int, margin: float = 0.1, top: int = 3) -> PlanReport:
         if not 0 <= margin < 1:
             raise ValueError(f"margin must be in [0, 1), got {margin}")
@@ -275,12 +242,15 @@ class Planner:
                 f"more ({parts}), so nothing was exported. Raise the budget, or use a smaller model"
             )
         # A set's variants share one trace, joint graph and edge program per batch shape.
-        with shared_traces(), self._workers():
-            for base in trainable_sets(self.model, self.optimizer):
-                plans = variants(base, self.batch_size, self.backend)
-                found = self._fastest_fitting(plans, report) or self._int8_fallback(plans, report)
-                if found is not None:
-                    report.fitting.append(found)
+        sets = trainable_sets(self.model, self.optimizer)
+        with shared_traces(), contextlib.closing(self._set_results(sets, report.limit_bytes)) as results:
+            for result in results:
+                for plan in result.tried:
+                    candidate = self.candidate(plan)  # from this process's cache, or read back from a lane's bundle
+                    if candidate is not None and candidate not in report.tried:
+                        report.tried.append(candidate)
+                if result.found is not None:
+                    report.fitting.append(self._found(result.found))
                     if len(report.fitting) >= top:
                         break
         if not report.fitting:
@@ -296,15 +266,57 @@ class Planner:
             )
         return report
 
-    def _fits(self, plan: TrainingPlan, report: PlanReport) -> Candidate | None:
+    def _found(self, plan: TrainingPlan) -> Candidate:
+        found = self.candidate(plan)
+        assert found is not None, "a set's fitting plan was exported"
+        return found
+
+    def _set_results(self, sets: list[TrainingPlan], limit: int) -> Iterator[SetResult]:
+        """Each set's search result, in the order of ``sets``, until the caller stops asking. This process searches
+        the set it needs next, or, while a lane has that one, the next set nobody has taken; idle lanes take the
+        sets after it (ahead of need), except one whose fastest variant is cached (quick here; no lane started)."""
+        lanes = [_Lane(self, limit) for _ in range(self.workers - 1)]
+        try:
+            results: dict[int, SetResult] = {}
+            taken: dict[int, Any] = {}  # set index -> a lane's pending result
+            ahead = 0  # sets before it are done or taken
+            for i in range(len(sets)):
+                while i not in results:
+                    if i in taken and (taken[i].ready() or ahead >= len(sets)):
+                        results[i] = taken.pop(i).get()
+                        continue
+                    mine, ahead = ahead, ahead + 1
+                    for lane in lanes:
+                        if ahead < len(sets) and lane.idle() and not self._cached(sets[ahead]):
+                            taken[ahead] = lane.submit(sets[ahead])
+                            ahead += 1
+                    results[mine] = self.search_set(sets[mine], limit)
+                yield results.pop(i)
+        finally:
+            for lane in lanes:
+                lane.stop()
+
+    def _cached(self, base: TrainingPlan) -> bool:
+        """Whether the set's fastest variant is exported already (in this cache directory)."""
+        plan = base if base.speed is not None or self.speed is None else replace(base, speed=self.speed)
+        return (self.bundle_dir(plan) / "manifest.json").exists()
+
+    def search_set(self, base: TrainingPlan, limit: int) -> SetResult:
+        """One trainable set's plan that fits ``limit`` (None: none does) and every plan exported on the way."""
+        plans = variants(base, self.batch_size, self.backend)
+        tried: list[TrainingPlan] = []
+        found = self._fastest_fitting(plans, limit, tried) or self._int8_fallback(plans, limit, tried)
+        return SetResult(found.plan if found is not None else None, tried)
+
+    def _fits(self, plan: TrainingPlan, limit: int, tried: list[TrainingPlan]) -> Candidate | None:
         found = self.candidate(plan)
         if found is None:
             return None
-        if found not in report.tried:
-            report.tried.append(found)
-        return found if found.predicted_peak_bytes <= report.limit_bytes else None
+        if found.plan not in tried:
+            tried.append(found.plan)
+        return found if found.predicted_peak_bytes <= limit else None
 
-    def _int8_fallback(self, plans: list[TrainingPlan], report: PlanReport) -> Candidate | None:
+    def _int8_fallback(self, plans: list[TrainingPlan], limit: int, tried: list[TrainingPlan]) -> Candidate | None:
         """The set's leanest variant with int8 frozen weights, if the set has frozen weights and it fits."""
         if self.lossless or (plans[0].freeze.trains_everything and plans[0].lora is None):
             return None
@@ -313,15 +325,13 @@ class Planner:
             return None
         # int8 saves at most 3 of every 4 bytes of frozen weights: where even that cannot fit, skip the export.
         saving = leanest.bundle.manifest.memory.frozen_parameter_bytes * 3 // 4
-        if leanest.predicted_peak_bytes - saving > report.limit_bytes:
+        if leanest.predicted_peak_bytes - saving > limit:
             return None
-        return self._fits(replace(leanest.plan, int8_frozen=Int8WeightsConfig()), report)
+        return self._fits(replace(leanest.plan, int8_frozen=Int8WeightsConfig()), limit, tried)
 
-    def _fastest_fitting(self, plans: list[TrainingPlan], report: PlanReport) -> Candidate | None:
-        self._prefetch([plans[0], plans[-1]])  # needed unless the fastest fits: side by side with workers
-
+    def _fastest_fitting(self, plans: list[TrainingPlan], limit: int, tried: list[TrainingPlan]) -> Candidate | None:
         def fits(index: int) -> Candidate | None:
-            return self._fits(plans[index], report)
+            return self._fits(plans[index], limit, tried)
 
         if (fastest := fits(0)) is not None:
             return fastest
@@ -340,12 +350,40 @@ class Planner:
         return best
 
 
-def _start_lane() -> None:
-    """A lane's process: one torch thread (the lanes share the cores), traces shared for its whole life."""
-    import torch
+@dataclass(frozen=True)
+class SetResult:
+    found: TrainingPlan | None  # the set's plan that fits, if any
+    tried: list[TrainingPlan]  # every plan of the set exported (or reused) on the way, in order
 
-    torch.set_num_threads(1)
-    open_shared_traces()
+
+class _Lane:
+    """A spawned process that searches trainable sets for a planner at one limit, started on its first set."""
+
+    def __init__(self, planner: Planner, limit: int) -> None:
+        config = {f.name: getattr(planner, f.name) for f in fields(planner) if f.name not in ("log", "workers")}
+        self._config = pickle.dumps(config)  # unpickled in the lane after it quiets library chatter
+        self._limit = limit
+        self._pool: Any = None
+        self._last: Any = None  # the result of the set it was given last
+
+    def idle(self) -> bool:
+        return self._last is None or self._last.ready()
+
+    def submit(self, base: TrainingPlan) -> Any:
+        if self._pool is None:
+            # Spawned, not forked: a forked child of a process that ran torch's OpenMP kernels can hang in its
+            # first parallel region. Starting one costs its imports (about 8 s CPU), beside this process's work.
+            spawn = multiprocessing.get_context("spawn")
+            self._pool = spawn.Pool(1, initializer=planner_lane.start, initargs=(self._config, self._limit))
+        self._last = self._pool.apply_async(planner_lane.search_set, (base,))
+        return self._last
+
+    def stop(self) -> None:
+        """Stop it, with any set it is still searching (an export stopped midway leaves a staging directory,
+        never a bundle without its manifest)."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()  # its process reaped and its queues' semaphores released before this process exits
 
 
 def _export_candidate(job: tuple[Any, ...]) -> str | None:

@@ -93,6 +93,30 @@ def test_kotlin_report_bundle_section_equals_the_python_one(built: Path, name: s
     assert json.loads(kotlin(built, "bundle-section", str(GOLDEN / name))) == bundle_section(GOLDEN / name)
 
 
+def with_native_prediction(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with memory.by_runtime as the exporter writes it: the host's pair is the top-level one."""
+    memory = manifest["memory"]
+    host = {k: memory[k] for k in ("runtime_overhead_bytes", "predicted_peak_bytes")}
+    shared = host["predicted_peak_bytes"] - host["runtime_overhead_bytes"]
+    native = {"runtime_overhead_bytes": 1 << 20, "predicted_peak_bytes": shared + (1 << 20)}
+    memory["by_runtime"] = {"python_host": host, "memwall_native": native}
+    return manifest
+
+
+@pytest.mark.parametrize("runtime", [None, "python_host", "memwall_native", "executorch_training_module"])
+def test_kotlin_report_carries_the_prediction_for_its_runtime(built: Path, tmp_path: Path, runtime: str | None) -> None:
+    """A manifest with memory.by_runtime: the run's runtime picks its pair; one it has none for gets the top-level."""
+    golden = GOLDEN / "manifest-executorch.json"
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps(with_native_prediction(json.loads(golden.read_text()))))
+    section = json.loads(kotlin(built, "bundle-section", str(manifest), *([runtime] if runtime else [])))
+    assert section == bundle_section(manifest, runtime)
+    top_level = json.loads(manifest.read_text())["memory"]["predicted_peak_bytes"]
+    assert (section["predicted_peak_bytes"] == top_level) == (runtime != "memwall_native")
+    # A manifest written before by_runtime: the top-level pair, whatever the runtime.
+    assert json.loads(kotlin(built, "bundle-section", str(golden), "memwall_native")) == bundle_section(golden)
+
+
 def test_kotlin_refuses_an_unknown_schema_version(built: Path) -> None:
     out = subprocess.run(
         [
@@ -352,6 +376,9 @@ def test_kotlin_trains_through_jni_and_the_cpp_core(built: Path, jni_host: Path,
     assert out["data_position"] == out["resumed_data_position"] == 60  # 30 steps x 2 micro-batches
     assert out["resumed_predicts_the_same"]
     validate_report(out["report"])
+    assert run["runtime"] == "memwall_native"
+    native = json.loads((tmp_path / "mlp" / "manifest.json").read_text())["memory"]["by_runtime"]["memwall_native"]
+    assert out["report"]["bundle"]["predicted_peak_bytes"] == native["predicted_peak_bytes"]
     # The Python host runner resumes the checkpoint the app's native path wrote.
     bundle = load_bundle(tmp_path / "mlp")
     resumed = train(bundle, TrainConfig(steps=2, resume=True, checkpoint=checkpoint, eval_split=None, progress=False))

@@ -7,6 +7,7 @@ Times are measured by ``benchmarks/export_time.py``, not here.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from executorch.exir.memory_planning import MemoryPlanningAlgorithmSuite, greedy
 from executorch.exir.passes import MemoryPlanningPass
 
 from exporters import OptimizerConfig
-from exporters.edge_program import needs_decomposition, shared_traces
+from exporters.edge_program import EDGE_CONFIG, needs_decomposition, shared_traces
 from exporters.executorch_export import (
     MEMORY_PLANNING,
     PREDICT_METHOD,
@@ -26,12 +27,13 @@ from exporters.executorch_export import (
     export_joint_graph,
     gradient_order,
 )
+from exporters.executorch_pipeline import MAY_CHANGE, Pipeline, Step, edge_passes, run_edge_passes
 from exporters.losses import encode_labels, resolve_loss
 from exporters.plan import TrainingPlan, export_plan
 from exporters.techniques import FreezeConfig, FusedUpdateConfig, Int8WeightsConfig, RecomputeConfig
-from exporters.training_graph import PredictStep, strip_prefix
+from exporters.training_graph import PredictStep, prepare_for_training_export, strip_prefix
 from sdk_tools.planner import NoPlanFitsError, Planner, variants
-from tests.conftest import BATCH, ExportedCase, make_model
+from tests.conftest import BATCH, REFERENCE_CASES, ExportedCase, make_model
 
 
 def stock_program(case: ExportedCase) -> bytes:
@@ -73,6 +75,64 @@ def test_joint_graph_needs_no_second_decomposition() -> None:
     assert not needs_decomposition(joint, table)
     # A traced (not yet decomposed) program does: linear is composite, batch norm is in the table.
     assert needs_decomposition(torch.export.export(model.eval(), (inputs,)), table)
+
+
+def canonical(gm: torch.fx.GraphModule) -> list[tuple[str, str, str, str]]:
+    """A graph as its nodes' operations, targets and arguments, with node names replaced by positions."""
+    position = {node: i for i, node in enumerate(gm.graph.nodes)}
+
+    def arguments(value: object) -> str:
+        return repr(torch.fx.node.map_arg(value, lambda node: f"%{position[node]}"))
+
+    return [
+        (n.op, "" if n.op == "placeholder" else str(n.target), arguments(n.args), arguments(n.kwargs))
+        for n in gm.graph.nodes
+    ]
+
+
+@pytest.mark.parametrize("name", ["mlp", "small_cnn", "mobilenet_v2"])
+def test_skipped_edge_passes_change_nothing(name: str) -> None:
+    """Every pass the predicates skip, run where it would have run, leaves the graph as it was."""
+    model = prepare_for_training_export(make_model(name))
+    inputs, labels = torch.zeros((BATCH, *REFERENCE_CASES[name][1])), torch.arange(BATCH) % 2
+    joint = export_joint_graph(model, resolve_loss("cross_entropy"), inputs, labels)
+    skipped: list[str] = []
+    run_edge_passes(copy.deepcopy(joint.graph_module), EDGE_CONFIG, skipped)
+    assert {"SymToTensorPass", "RemoveMixedTypeOperators"} <= set(skipped)  # the saving is real
+    gm = joint.graph_module
+    for edge_pass in edge_passes(EDGE_CONFIG):
+        after = edge_pass(gm).graph_module
+        if type(getattr(edge_pass, "__wrapped__", edge_pass)).__name__ in skipped:
+            assert canonical(after) == canonical(gm), edge_pass
+        gm = after
+
+
+class Transposes(torch.nn.Module):
+    def forward(self, x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        return x.t() * 2 + n
+
+
+def test_edge_pass_predicates_see_the_ops_their_passes_rewrite() -> None:
+    program = torch.export.export(Transposes(), (torch.ones(3, 2), torch.ones(2, 3, dtype=torch.int64)))
+    may_change = {cls.__name__: test(program.graph_module) for cls, test in MAY_CHANGE.items()}
+    assert may_change["NormalizeTransposePass"]  # aten.t
+    assert may_change["ReplaceBrokenOpsWithFunctionalOpsPass"]  # t is a view
+    assert may_change["ScalarToTensorPass"]  # mul(x, 2)
+    assert may_change["RemoveMixedTypeOperators"]  # float + int64
+    assert not may_change["SymToTensorPass"]  # static shapes
+
+
+def test_pipeline_refuses_a_step_before_one_it_must_follow() -> None:
+    def same(edge: object) -> object:
+        return edge
+
+    update = Step("fused_update", same, after={"recompute": "it finds the forward through the gradients"})
+    assert Pipeline([Step("recompute", same), update]).names == ["recompute", "fused_update"]
+    assert Pipeline([update]).names == ["fused_update"]  # a constraint on a step that is not there holds
+    with pytest.raises(ValueError, match="'fused_update' must run after 'recompute': it finds the forward"):
+        Pipeline([update, Step("recompute", same)])
+    with pytest.raises(ValueError, match="distinct names"):
+        Pipeline([update, update])
 
 
 @pytest.fixture(scope="module")

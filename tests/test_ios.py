@@ -25,6 +25,7 @@ from jsonschema import Draft202012Validator
 
 from exporters import ModelSpec, OptimizerConfig, export_bundle
 from exporters.techniques.fused_update import FusedUpdateConfig
+from sdk_tools.lab.client import bundle_section
 from sdk_tools.models import build_model
 from sdk_tools.runner.executorch_session import ExecuTorchSession
 from tests.lab.conftest import LabServer, Rows, free_port
@@ -264,6 +265,9 @@ def test_swift_reports_of_native_runs_are_valid_and_in_the_lab(native_run: Nativ
             assert not list(validator.iter_errors(report)), name
             assert report["status"] == "ok" and report["run"]["steps"] == NATIVE_STEPS
             assert report["memory"]["peak_delta_bytes"] >= 0
+            # The native runtime's prediction (memory.by_runtime), as the Python side builds the section for it.
+            assert report["run"]["runtime"] == "memwall_native"
+            assert report["bundle"] == bundle_section(root / name / "bundle" / "manifest.json", "memwall_native")
             assert rows.reports(report_id=report["run"]["report_id"], status="ok", backend="executorch") == 1, name
     finally:
         rows.engine.dispose()

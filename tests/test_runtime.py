@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from exporters import ModelSpec, OptimizerConfig, export_bundle
+from exporters import FreezeConfig, ModelSpec, OptimizerConfig, apply_freeze, export_bundle
 from exporters.bundle import Bundle, BundleError, load_bundle
 from exporters.techniques.fused_update import FusedUpdateConfig
 from exporters.techniques.int8_weights import Int8WeightsConfig, quantize_frozen_weights
 from exporters.techniques.lora import LoraConfig, apply_lora
+from exporters.techniques.recompute import RecomputeConfig
 from exporters.techniques.speed_routes import SpeedConfig
 from sdk_tools.data.digits import DigitsSplit
 from sdk_tools.lab.schema import validate_report
@@ -35,10 +37,16 @@ BUILD = RUNTIME / "build"
 GOLDEN = ROOT / "tests" / "golden"
 STEPS = 20
 SAMPLES = 40  # 10 batches of 4: the stream wraps into a second epoch within 20 steps
+# SmallCNN at 8x8 has nothing whose recomputation lowers the arena ("method unchanged"); at 16x16 the sqrt cuts do.
+RECOMPUTE_SHAPE = (1, 16, 16)
 
 
 @pytest.fixture(scope="module")
 def native() -> Path:
+    return build_runtime()
+
+
+def build_runtime() -> Path:
     """runtime/setup.sh builds (or finds up to date) libmemwall.a, memwall-run and memwall-golden."""
     env = {**os.environ, "MEMWALL_PYTHON": sys.executable}
     done = subprocess.run([str(RUNTIME / "setup.sh")], env=env, capture_output=True, text=True)
@@ -74,9 +82,22 @@ SGD_NESTEROV = OptimizerConfig(kind="sgd", lr=0.05, momentum=0.9, weight_decay=0
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Bundle]:
     """SGD+nesterov+weight decay with a frozen layer, AdamW over 2 micro-batches, AdamW fused into the program, an
-    MLP with LoRA adapters and an int8 frozen layer, and a SmallCNN whose frozen convolutions run on the XNNPACK
-    delegate (speed routes)."""
+    MLP with LoRA adapters and an int8 frozen layer, a SmallCNN whose frozen convolutions run on the XNNPACK
+    delegate (speed routes), an MLP that trains its biases only (TinyTL), and a SmallCNN whose forward activations
+    backward recomputes."""
     root = tmp_path_factory.mktemp("native-bundles")
+    bias_only = FreezeConfig(bias_only=True)
+    recompute = RecomputeConfig("sqrt")
+    recomputed = export_bundle(
+        make_model("small_cnn"),
+        root / "cnn-recompute",
+        sample_shape=RECOMPUTE_SHAPE,
+        batch_size=4,
+        optimizer=SGD_NESTEROV,
+        model_spec=ModelSpec("small_cnn", {}),
+        recompute=recompute,
+    )
+    assert recomputed.manifest.techniques == [{"name": "recompute", "config": recompute.to_json()}]
     lora = LoraConfig(rank=2, targets=("features.3",), trainable=("classifier.*",))
     int8 = Int8WeightsConfig(targets=("features.1",))
     adapted = quantize_frozen_weights(apply_lora(make_model("mlp"), lora), int8)
@@ -108,17 +129,22 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Bundle]:
         "fused": _mlp(root, "-fused", ADAMW, fused_update=FusedUpdateConfig()),
         "xnnpack": xnnpack,
         "lora-int8": lora_int8,
+        "bias-only": _mlp(root, "-bias", ADAMW, configure=lambda m: apply_freeze(m, bias_only)),
+        "recompute": recomputed,
     }
+
+
+def write_data(path: Path, sample_shape: tuple[int, ...]) -> Path:
+    gen = torch.Generator().manual_seed(7)
+    x = torch.rand((SAMPLES, *sample_shape), generator=gen)
+    y = torch.randint(0, 10, (SAMPLES,), generator=gen)
+    np.savez(path, x=x.numpy(), y=y.numpy())
+    return path
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    gen = torch.Generator().manual_seed(7)
-    path = tmp_path_factory.mktemp("native-data") / "data.npz"
-    x = torch.rand((SAMPLES, 1, 8, 8), generator=gen)
-    y = torch.randint(0, 10, (SAMPLES,), generator=gen)
-    np.savez(path, x=x.numpy(), y=y.numpy())
-    return path
+    return write_data(tmp_path_factory.mktemp("native-data") / "data.npz", REFERENCE_CASES["mlp"][1])
 
 
 def copy_bundle(bundle: Bundle, where: Path) -> Path:
@@ -184,10 +210,12 @@ def assert_same_state(native: dict[str, torch.Tensor], python: dict[str, torch.T
         torch.testing.assert_close(native[name], value, rtol=0, atol=atol, msg=name)
 
 
-@pytest.mark.parametrize("kind", ["sgd", "micro", "fused", "xnnpack", "lora-int8"])
+@pytest.mark.parametrize("kind", ["sgd", "micro", "fused", "xnnpack", "lora-int8", "bias-only", "recompute"])
 def test_native_trains_like_the_python_runner(
     kind: str, native: Path, bundles: dict[str, Bundle], data: Path, tmp_path: Path
 ) -> None:
+    if bundles[kind].manifest.sample_shape != REFERENCE_CASES["mlp"][1]:
+        data = write_data(tmp_path / "data.npz", bundles[kind].manifest.sample_shape)
     native_dir = copy_bundle(bundles[kind], tmp_path / "native")
     python_dir = copy_bundle(bundles[kind], tmp_path / "python")
     native_losses, out = run_native(native, native_dir, data, STEPS, "--eval-data", str(data))
@@ -201,7 +229,8 @@ def test_native_trains_like_the_python_runner(
     np.testing.assert_allclose(native_losses, python_losses, rtol=1e-6, atol=1e-6)
     native_state = load_file(native_dir / "checkpoint.safetensors")
     # SGD is PyTorch's rule bit for bit; AdamW's addcmul is not fused in torch's vector path (16+ elements).
-    assert_same_state(native_state, python_state, atol=0 if kind in ("sgd", "xnnpack", "lora-int8") else 1e-6)
+    exact = kind in ("sgd", "xnnpack", "lora-int8", "recompute")
+    assert_same_state(native_state, python_state, atol=0 if exact else 1e-6)
     with safe_open(str(native_dir / "checkpoint.safetensors"), framework="pt") as fh:
         metadata = fh.metadata()
     assert metadata == {
@@ -463,3 +492,206 @@ def test_bad_data_and_checkpoints_are_refused(
         )
         assert done.returncode == 2, (case, done.stderr)
         assert len(done.stderr.splitlines()) == 1 and ("is corrupt" in done.stderr or "not a memwall" in done.stderr)
+
+
+def _parent(manifest: dict, path: str) -> tuple[dict | list, str | int]:
+    """The container holding the value at a "/"-separated path (list indices as numbers), and its key there."""
+    *parents, last = [int(p) if p.isdigit() else p for p in path.split("/")]
+    target = manifest
+    for key in parents:
+        target = target[key]
+    return target, last
+
+
+def _set(path: str, value: object) -> Callable[[dict], None]:
+    """A manifest edit: the value at ``path`` set to ``value``."""
+
+    def change(manifest: dict) -> None:
+        target, key = _parent(manifest, path)
+        target[key] = value
+
+    return change
+
+
+def _drop(path: str) -> Callable[[dict], None]:
+    def change(manifest: dict) -> None:
+        target, key = _parent(manifest, path)
+        del target[key]
+
+    return change
+
+
+def _rename_role(manifest: dict) -> None:
+    manifest["files"]["weights"] = manifest["files"].pop("program")
+
+
+# Manifests the Python loader refuses (schema, consistency), one problem each. The schema is checked natively from
+# the same file (runtime/src/manifest_schema.cpp), so those refusals read the same, word for word.
+BAD_MANIFESTS: dict[str, Callable[[dict], None]] = {
+    "an unknown top-level key": _set("extra", 1),
+    "an empty name": _set("name", ""),
+    "a number as name": _set("name", 5),
+    "an unknown backend": _set("backend", "tflite"),
+    "created_by not a string": _set("created_by", 3),
+    "schema version 1.5": _set("schema_version", 1.5),
+    "no files": _set("files", {}),
+    "an unknown key in a file entry": _set("files/program/extra", 1),
+    "a file entry without sha256": _drop("files/program/sha256"),
+    "an uppercase sha256": lambda m: m["files"]["program"].update(sha256=m["files"]["program"]["sha256"].upper()),
+    "negative bytes": _set("files/program/bytes", -1),
+    "an absolute path": _set("files/program/path", "/etc/passwd"),
+    "a backslash path": _set("files/program/path", "a\\model.pte"),
+    "a dot-dot path": _set("files/program/path", "a/../model.pte"),
+    "an empty path": _set("files/program/path", ""),
+    "no program role": _rename_role,
+    "no inputs": _set("inputs", []),
+    "an unknown key in an input": _set("inputs/0/extra", 1),
+    "a zero dimension": _set("inputs/0/shape", [0, 1, 8, 8]),
+    "a fractional dimension": _set("inputs/0/shape", [4.5, 1, 8, 8]),
+    "an unknown dtype": _set("inputs/0/dtype", "complex64"),
+    "an empty input name": _set("inputs/0/name", ""),
+    "labels of another batch": _set("labels/shape", [3]),
+    "float class indices": _set("labels/dtype", "float32"),
+    "no outputs": _set("outputs", []),
+    "an output without dtype": _drop("outputs/1/dtype"),
+    "no classes": _set("classes", []),
+    "numbers as classes": _set("classes", [1, 2]),
+    "an empty loss": _set("loss", ""),
+    "a wrong numel": _set("trainable/0/numel", 7),
+    "a parameter twice": lambda m: m["trainable"].append(m["trainable"][0]),
+    "an unknown key in a parameter": _set("trainable/0/extra", 1),
+    "a negative parameter dimension": _set("trainable/0/shape", [-1, 64]),
+    "a negative frozen count": _set("frozen_parameter_count", -1),
+    "an unknown optimizer": _set("optimizer/kind", "adam"),
+    "a zero learning rate": _set("optimizer/lr", 0),
+    "momentum 1": _set("optimizer/momentum", 1.0),
+    "negative momentum": _set("optimizer/momentum", -0.1),
+    "negative dampening": _set("optimizer/dampening", -1),
+    "negative weight decay": _set("optimizer/weight_decay", -1),
+    "zero eps": _set("optimizer/eps", 0),
+    "one beta": _set("optimizer/betas", [0.9]),
+    "nesterov as a string": _set("optimizer/nesterov", "yes"),
+    "an unknown optimizer setting": _set("optimizer/foo", 1),
+    "nesterov without momentum": lambda m: m["optimizer"].update(nesterov=True, momentum=0.0),
+    "no learning rate": _drop("optimizer/lr"),
+    "a zero batch size": _set("training/batch_size", 0),
+    "micro-batches as a string": _set("training/micro_batches", "2"),
+    "no micro-batches": _drop("training/micro_batches"),
+    "no predict method": _drop("methods/predict"),
+    "an empty method name": _set("methods/train/name", ""),
+    "a number as method input": _set("methods/train/inputs", [1]),
+    "no planned arena": _drop("memory/planned_arena_bytes"),
+    "an unknown memory figure": _set("memory/extra_bytes", 1),
+    "negative program bytes": _set("memory/program_bytes", -5),
+    "memory notes not a string": _set("memory/notes", 5),
+    "a runtime name that is no identifier": _set(
+        "memory/by_runtime/Phone-1", {"runtime_overhead_bytes": 1, "predicted_peak_bytes": 2}
+    ),
+    "an unknown figure of a runtime": _set("memory/by_runtime/python_host/extra_bytes", 1),
+    "a host prediction unlike the top-level one": lambda m: m["memory"]["by_runtime"]["python_host"].update(
+        predicted_peak_bytes=m["memory"]["predicted_peak_bytes"] + 1
+    ),
+    "a native prediction off its components": lambda m: m["memory"]["by_runtime"]["memwall_native"].update(
+        runtime_overhead_bytes=m["memory"]["by_runtime"]["memwall_native"]["runtime_overhead_bytes"] + 1
+    ),
+    "a number as model spec": _set("model/spec", 5),
+    "model kwargs a list": _set("model/kwargs", []),
+    "negative model parameters": _set("model/parameters", -1),
+    "a technique without config": _set("techniques", [{"name": "x"}]),
+    "a number as technique": _set("techniques", [5]),
+    "backend options a list": _set("backend_options", []),
+    "verified as a string": _set("verification", {"verified": "yes"}),
+    "verification without verified": _set("verification", {}),
+    "a negative tolerance": _set("verification", {"verified": True, "tolerance": {"abs": -1, "rel": 0}}),
+    "verification a number": _set("verification", 5),
+}
+
+
+def _write_manifest_text(text: bytes) -> Callable[[Path], None]:
+    return lambda d: (d / "manifest.json").write_bytes(text)
+
+
+def _manifest_symlink(d: Path) -> None:
+    (d / "manifest.json").rename(d / "real.json")
+    (d / "manifest.json").symlink_to(d / "real.json")
+
+
+def _program_directory(d: Path) -> None:
+    (d / "model.pte").unlink()
+    (d / "model.pte").mkdir()
+
+
+def _padded(d: Path) -> None:
+    text = (d / "manifest.json").read_bytes()
+    (d / "manifest.json").write_bytes(text[:-2] + b" " * (4 << 20) + text[-2:])
+
+
+# Bundles refused before or after the schema: the file itself, the JSON, the directory.
+BAD_FILES: dict[str, Callable[[Path], None]] = {
+    "NaN in the manifest": lambda d: (d / "manifest.json").write_text(
+        (d / "manifest.json").read_text().replace('"lr": 0.05', '"lr": NaN')
+    ),
+    "a manifest that is a list": _write_manifest_text(b"[]"),
+    "a manifest not UTF-8": lambda d: (d / "manifest.json").write_bytes(
+        (d / "manifest.json").read_bytes().replace(b'"loss": "', b'"loss": "\xff')
+    ),
+    "a manifest that is a symbolic link": _manifest_symlink,
+    "a manifest over 4 MiB": _padded,
+    "a program that is a directory": _program_directory,
+    "nesting deeper than JSON parsers go": lambda d: (d / "manifest.json").write_text(
+        (d / "manifest.json").read_text().replace('"kwargs": {}', '"kwargs": ' + '{"a": ' * 5000 + "{}" + "}" * 5000)
+    ),
+}
+
+
+# Refused by both in one line, worded apart: the JSON parsers' own details, and Python's TypeError text.
+WORDED_APART = {
+    "an unknown optimizer setting",
+    "NaN in the manifest",
+    "a manifest that is a list",
+    "a manifest not UTF-8",
+}
+
+
+def test_the_native_reader_refuses_what_the_python_loader_refuses(
+    native: Path, bundles: dict[str, Bundle], data: Path, tmp_path: Path
+) -> None:
+    """Each case: the Python loader refuses it, memwall-run refuses it in one line (exit 2) with nothing written,
+    and but for WORDED_APART the two lines are the same, word for word."""
+    cases: list[tuple[str, Callable[[Path], None]]] = [
+        (name, _edit_manifest(change)) for name, change in BAD_MANIFESTS.items()
+    ] + list(BAD_FILES.items())
+    mismatched = []
+    for index, (case, damage) in enumerate(cases):
+        bundle_dir = copy_bundle(bundles["sgd"], tmp_path / str(index))
+        damage(bundle_dir)
+        with pytest.raises(BundleError) as refused:
+            load_bundle(bundle_dir)
+        line = refusal(native, bundle_dir, data)
+        if case not in WORDED_APART and line != f"memwall-run: error: {refused.value}":
+            mismatched.append((case, str(refused.value), line))
+    assert not mismatched, mismatched
+    file_bundle = tmp_path / "a-file"
+    file_bundle.write_text("not a bundle")
+    assert "is not a directory" in refusal(native, file_bundle, data)
+    bundle_dir = copy_bundle(bundles["sgd"], tmp_path / "unbatched")
+    _edit_manifest(_set("inputs/0/shape", []))(bundle_dir)
+    with pytest.raises(BundleError, match="inputs\\[0\\] has no batch dimension"):
+        load_bundle(bundle_dir)
+    assert "inputs[0] has no batch dimension" in refusal(native, bundle_dir, data)
+
+
+def test_optimizer_settings_left_out_take_the_defaults(
+    native: Path, bundles: dict[str, Bundle], data: Path, tmp_path: Path
+) -> None:
+    """The schema requires only kind and lr; both runners fill the rest from OptimizerConfig's defaults (plain SGD)."""
+    trimmed = {"kind": "sgd", "lr": 0.05}
+    runs = []
+    for name in ("native", "python"):
+        bundle_dir = copy_bundle(bundles["sgd"], tmp_path / name)
+        _edit_manifest(_set("optimizer", trimmed))(bundle_dir)
+        runs.append(bundle_dir)
+    native_losses, _ = run_native(native, runs[0], data, 3)
+    python_losses, python_state = python_run(runs[1], data, 3)
+    np.testing.assert_array_equal(np.float32(native_losses), np.float32(python_losses))  # printed with 9 digits
+    assert_same_state(load_file(runs[0] / "checkpoint.safetensors"), python_state, atol=0)

@@ -10,33 +10,13 @@ disappear from the plan.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import nn
 
-
-def parameter_block(fqn: str) -> tuple[str, bool] | None:
-    """A parameter's block: its module path up to the first numbered child, and whether it has one.
-
-    ``features.3.conv.0.weight`` -> ``("features.3", True)``; ``classifier.weight`` -> ``("classifier", False)``;
-    top-level tensors (lifted constants such as BatchNorm's eps) belong to no module: None.
-    """
-    parts = fqn.split(".")[:-1]
-    for i, part in enumerate(parts):
-        if part.isdigit():
-            return ".".join(parts[: i + 1]), True
-    return (".".join(parts), False) if parts else None
-
-
-def numbered_blocks(names: list[str]) -> list[str]:
-    """The numbered blocks of a model (``features.0`` ... ``features.18``) in parameter order."""
-    blocks: list[str] = []
-    for name in names:
-        key = parameter_block(name)
-        if key is not None and key[1] and key[0] not in blocks:
-            blocks.append(key[0])
-    return blocks
+from exporters.modules import numbered_blocks, parameter_block
+from exporters.technique import ModelContext, Stage, Technique, register_technique
 
 
 @dataclass(frozen=True)
@@ -121,3 +101,25 @@ def apply_freeze(model: nn.Module, config: FreezeConfig) -> nn.Module:
     for name, p in model.named_parameters():
         p.requires_grad_(name in chosen)
     return model
+
+
+def _apply(model: nn.Module, config: FreezeConfig, context: ModelContext) -> nn.Module:
+    if context.kept_trainable:  # an earlier transform (LoRA) chose what trains: keep it, add this selection
+        if config.trains_everything:
+            return model
+        config = replace(config, trainable=(*config.trainable, *context.kept_trainable))
+    return apply_freeze(model, config)
+
+
+register_technique(
+    Technique(
+        "freeze",
+        FreezeConfig,
+        Stage.MODEL_TRANSFORM,
+        order=20,
+        default=FreezeConfig(),
+        describe=FreezeConfig.describe,
+        slot="trains",
+        apply=_apply,
+    )
+)

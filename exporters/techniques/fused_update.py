@@ -47,6 +47,7 @@ from torch.utils import _pytree as pytree
 
 from exporters.config import OptimizerConfig
 from exporters.node_roles import GRADIENT_OF, OPTIMIZER_STATE_OF
+from exporters.technique import Stage, Technique, register_technique
 
 if TYPE_CHECKING:
     from executorch.exir import EdgeProgramManager
@@ -398,3 +399,30 @@ def _adamw(
     denom = op(build.aten.add.Scalar, root, c.eps)
     step = op(build.aten.mul.Tensor, op(build.aten.div.Tensor, exp_avg.value, denom), scalars.adamw_neg_step_size)
     build.write(param, op(build.aten.add.Tensor, param.value, step))
+
+
+def _check(config: FusedUpdateConfig, micro_batches: int) -> None:
+    if micro_batches > 1:
+        raise ValueError(
+            f"fused_update applies the optimizer on every call of the training method, so it cannot accumulate "
+            f"{micro_batches} micro-batches; use micro_batches=1 with a smaller batch_size, or drop fused_update "
+            "(the app then accumulates gradients and runs the optimizer)"
+        )
+
+
+# ExecuTorch only. ONNX graphs are functional: ONNX Runtime keeps parameters in its checkpoint state and changes
+# them only through its separate optimizer model, so an update cannot live in the training graph.
+register_technique(
+    Technique(
+        "fused_update",
+        FusedUpdateConfig,
+        Stage.GRAPH_PASS,
+        backends=frozenset({"executorch"}),
+        order=20,
+        describe=lambda config: "fused into the program",
+        slot="optimizer",
+        check=_check,
+        unsupported="fused_update is not possible on the {backend} backend (its optimizer is a separate model that "
+        "runs after the training graph); use backend='executorch', or drop fused_update",
+    )
+)

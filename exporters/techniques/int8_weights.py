@@ -16,7 +16,6 @@ the model's outputs, for showing to the user before they ship the smaller bundle
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporters.techniques.lora import describe_module, replace_module
+from exporters.modules import describe_module, replace_module, select_modules
+from exporters.technique import ModelContext, Stage, Technique, register_technique
 
 _LEVELS = 127  # symmetric: -127..127, so the scale maps max|w| exactly and negation is exact
 
@@ -156,30 +156,25 @@ def quantize_frozen_weights(model: nn.Module, config: Int8WeightsConfig) -> nn.M
     quantized; a pattern may also match trainable layers, which stay as they are, but each pattern must
     select at least one frozen layer. Returns the quantized layer itself where ``model`` is one.
     """
-    modules = dict(model.named_modules())
-    selected: dict[str, type[Int8Module]] = {}
-    for pattern in config.targets:
-        matched = [name for name in modules if fnmatch.fnmatchcase(name, pattern)]
-        if not matched:
-            examples = [name for name in modules if name][:4]
-            raise ValueError(f"int8 target {pattern!r} matches no module; module names look like {examples}")
-        kinds = {
-            name: kind
-            for name in matched
-            if (kind := _int8_kind(modules[name])) is not None and not modules[name].weight.requires_grad
-        }
-        if not kinds:
-            found = ", ".join(f"{name or '<root>'} ({_why_not(modules[name])})" for name in matched[:4])
-            raise ValueError(
-                f"int8 target {pattern!r} selects no frozen nn.Linear or nn.Conv2d (it matches {found}"
-                f"{', ...' if len(matched) > 4 else ''}); only frozen weights are stored as int8: freeze the "
-                "layer first (requires_grad=False, e.g. with apply_freeze) or target frozen layers"
-            )
-        selected.update(kinds)
+    selected = select_modules(
+        model,
+        config.targets,
+        _frozen_kind,
+        what="int8",
+        lacks="selects no frozen nn.Linear or nn.Conv2d",
+        fix="only frozen weights are stored as int8: freeze the layer first (requires_grad=False, e.g. with "
+        "apply_freeze) or target frozen layers",
+        explain=_why_not,
+    )
     for name, kind in selected.items():
         layer = model.get_submodule(name)
         model = replace_module(model, name, kind(layer, config.per_channel))  # type: ignore[arg-type]
     return model
+
+
+def _frozen_kind(module: nn.Module) -> type[Int8Module] | None:
+    kind = _int8_kind(module)
+    return kind if kind is not None and not module.weight.requires_grad else None
 
 
 def _why_not(module: nn.Module) -> str:
@@ -262,3 +257,22 @@ def quantization_report(
 
 def _state_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def _apply(model: nn.Module, config: Int8WeightsConfig, context: ModelContext) -> nn.Module:
+    return quantize_frozen_weights(model, config)
+
+
+register_technique(
+    Technique(
+        "int8_weights",
+        Int8WeightsConfig,
+        Stage.MODEL_TRANSFORM,
+        order=30,
+        aliases=("int8_frozen",),  # the plan's field and the CLI flag before the registry
+        describe=lambda config: "int8 frozen weights",
+        apply=_apply,
+        fold=dequantize_weights,
+        present=lambda model: any(isinstance(m, Int8Module) for m in model.modules()),
+    )
+)

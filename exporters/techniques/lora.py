@@ -30,6 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exporters.modules import replace_module, select_modules
+from exporters.technique import ModelContext, Stage, Technique, register_technique
+
 ADAPTERS = ("lora_A", "lora_B")
 
 
@@ -79,17 +82,33 @@ class LoraConfig:
         )
 
 
-class LoraLinear(nn.Module):
-    """``nn.Linear`` with a low-rank update: ``x W^T + b + scaling * (x A^T) B^T``."""
+class _Adapted(nn.Module):
+    """What every adapted layer holds: the layer's own weight and bias (same tensors), then the adapters.
 
-    def __init__(self, layer: nn.Linear, rank: int, scaling: float) -> None:
+    Registered in this order, which is the order the exported gradients follow.
+    """
+
+    def __init__(self, layer: nn.Linear | nn.Conv2d, rank: int, scaling: float) -> None:
         super().__init__()
-        self.in_features = layer.in_features
-        self.out_features = layer.out_features
         self.scaling = scaling
         self.weight = layer.weight
         self.bias = layer.bias
         self.lora_A, self.lora_B = _adapters(layer.weight, rank)
+
+    def _holding_merged(self, layer: nn.Linear | nn.Conv2d) -> Any:
+        """``layer`` (uninitialized, of this one's shape) given the merged weight and this bias."""
+        layer.weight = _merged_weight(self)  # type: ignore[arg-type]
+        layer.bias = self.bias
+        return layer
+
+
+class LoraLinear(_Adapted):
+    """``nn.Linear`` with a low-rank update: ``x W^T + b + scaling * (x A^T) B^T``."""
+
+    def __init__(self, layer: nn.Linear, rank: int, scaling: float) -> None:
+        super().__init__(layer, rank, scaling)
+        self.in_features = layer.in_features
+        self.out_features = layer.out_features
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, rank={self.lora_A.shape[0]}, scaling={self.scaling}"
@@ -102,33 +121,28 @@ class LoraLinear(nn.Module):
         return out + F.linear(F.linear(x, self.lora_A) * self.scaling, self.lora_B)
 
     def merged(self) -> nn.Linear:
-        layer = torch.nn.utils.skip_init(
-            nn.Linear,
-            self.in_features,
-            self.out_features,
-            bias=self.bias is not None,
-            device=self.weight.device,
-            dtype=self.weight.dtype,
+        return self._holding_merged(
+            torch.nn.utils.skip_init(
+                nn.Linear,
+                self.in_features,
+                self.out_features,
+                bias=self.bias is not None,
+                device=self.weight.device,
+                dtype=self.weight.dtype,
+            )
         )
-        layer.weight = _merged_weight(self)
-        layer.bias = self.bias
-        return layer
 
 
-class LoraConv2d(nn.Module):
+class LoraConv2d(_Adapted):
     """1x1 ``nn.Conv2d`` (groups 1) with a low-rank update: two convolutions through ``rank`` channels."""
 
     def __init__(self, layer: nn.Conv2d, rank: int, scaling: float) -> None:
-        super().__init__()
+        super().__init__(layer, rank, scaling)
         self.in_channels = layer.in_channels
         self.out_channels = layer.out_channels
         self.stride = layer.stride
         self.padding = layer.padding
         self.dilation = layer.dilation
-        self.scaling = scaling
-        self.weight = layer.weight
-        self.bias = layer.bias
-        self.lora_A, self.lora_B = _adapters(layer.weight, rank)
 
     def extra_repr(self) -> str:
         return (
@@ -145,21 +159,20 @@ class LoraConv2d(nn.Module):
         return out + F.conv2d(low * self.scaling, self.lora_B)
 
     def merged(self) -> nn.Conv2d:
-        layer = torch.nn.utils.skip_init(
-            nn.Conv2d,
-            self.in_channels,
-            self.out_channels,
-            1,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            bias=self.bias is not None,
-            device=self.weight.device,
-            dtype=self.weight.dtype,
+        return self._holding_merged(
+            torch.nn.utils.skip_init(
+                nn.Conv2d,
+                self.in_channels,
+                self.out_channels,
+                1,
+                stride=self.stride,
+                padding=self.padding,
+                dilation=self.dilation,
+                bias=self.bias is not None,
+                device=self.weight.device,
+                dtype=self.weight.dtype,
+            )
         )
-        layer.weight = _merged_weight(self)
-        layer.bias = self.bias
-        return layer
 
 
 LoraModule = LoraLinear | LoraConv2d
@@ -200,15 +213,6 @@ def lora_kind(module: nn.Module) -> type[LoraModule] | None:
     return None
 
 
-def describe_module(module: nn.Module) -> str:
-    """A layer as error messages name it, e.g. ``Conv2d 3x3 groups=8``."""
-    if isinstance(module, nn.Conv2d):
-        kernel = "x".join(str(k) for k in module.kernel_size)
-        extra = f" padding_mode={module.padding_mode}" if module.padding_mode != "zeros" else ""
-        return f"Conv2d {kernel} groups={module.groups}{extra}"
-    return type(module).__name__
-
-
 def _select(model: nn.Module, config: LoraConfig) -> dict[str, type[LoraModule]]:
     modules = dict(model.named_modules())
     adapted = [name for name, m in modules.items() if isinstance(m, LoraModule)]
@@ -217,22 +221,15 @@ def _select(model: nn.Module, config: LoraConfig) -> dict[str, type[LoraModule]]
             f"the model already has LoRA adapters (e.g. {adapted[0]!r}); apply_lora once, with every target "
             "in one LoraConfig"
         )
-    selected: dict[str, type[LoraModule]] = {}
-    for pattern in config.targets:
-        matched = [name for name in modules if fnmatch.fnmatchcase(name, pattern)]
-        kinds = {name: kind for name in matched if (kind := lora_kind(modules[name])) is not None}
-        if not matched:
-            examples = [name for name in modules if name][:4]
-            raise ValueError(f"LoRA target {pattern!r} matches no module; module names look like {examples}")
-        if not kinds:
-            found = ", ".join(f"{name or '<root>'} ({describe_module(modules[name])})" for name in matched[:4])
-            raise ValueError(
-                f"LoRA target {pattern!r} matches no nn.Linear or 1x1 nn.Conv2d with groups=1 (it matches "
-                f"{found}{', ...' if len(matched) > 4 else ''}); LoRA adapts only those layers: name one of "
-                "them, or freeze the others and train them with LoraConfig.trainable instead"
-            )
-        selected.update(kinds)
-    return selected
+    return select_modules(
+        model,
+        config.targets,
+        lora_kind,
+        what="LoRA",
+        lacks="matches no nn.Linear or 1x1 nn.Conv2d with groups=1",
+        fix="LoRA adapts only those layers: name one of them, or freeze the others and train them with "
+        "LoraConfig.trainable instead",
+    )
 
 
 def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
@@ -278,10 +275,23 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
-def replace_module(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    """Put ``module`` at ``name`` in ``model``; returns the model, or ``module`` itself for the root (``""``)."""
-    if not name:
-        return module
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent), child, module)
+def _apply(model: nn.Module, config: LoraConfig, context: ModelContext) -> nn.Module:
+    model = apply_lora(model, config)
+    # apply_freeze replaces the whole selection of what trains: a later freeze must keep the adapters in it.
+    context.kept_trainable += tuple(f"*.{name}" for name in ADAPTERS)
     return model
+
+
+register_technique(
+    Technique(
+        "lora",
+        LoraConfig,
+        Stage.MODEL_TRANSFORM,
+        order=10,
+        describe=lambda config: f"LoRA r{config.rank}",
+        slot="trains",
+        apply=_apply,
+        fold=merge_lora,
+        present=lambda model: any(isinstance(m, LoraModule) for m in model.modules()),
+    )
+)

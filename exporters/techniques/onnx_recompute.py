@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import onnx
 from onnx import helper, shape_inference
 
-from exporters.techniques.freeze import parameter_block
+from exporters.modules import parameter_block
 from exporters.techniques.recompute import RecomputeConfig, RecomputePlan, Segmentation, choose_segmentation
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
 from torch.fx import Node
 
-from exporters.techniques.freeze import parameter_block
+from exporters.modules import parameter_block
+from exporters.technique import Stage, Technique, register_technique
 
 if TYPE_CHECKING:
     from executorch.exir import EdgeProgramManager
@@ -569,3 +570,13 @@ def _keep_cheap_segments(graph: SegmentedGraph, cuts: list[int]) -> Segmentation
             kept.append(segment)
             segmentation = trial
     return segmentation
+
+
+def _describe(config: RecomputeConfig) -> str:
+    return f"recompute {config.segments}"
+
+
+# Both backends: ExecuTorch runs recompute_activations on the joint graph, ONNX Runtime onnx_recompute on its
+# training graph; both take the config as ``recompute=``. It runs before the fused update (order): that pass
+# removes the gradient outputs through which this one finds the forward.
+register_technique(Technique("recompute", RecomputeConfig, Stage.GRAPH_PASS, order=10, describe=_describe))

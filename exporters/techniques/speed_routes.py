@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from exporters.technique import Stage, Technique, register_technique
 from exporters.techniques.im2col_matmul import Im2colMatmulConfig
 from exporters.techniques.pointwise_linear import PointwiseLinearConfig
 
@@ -98,3 +99,27 @@ ROUTES: dict[str, Any] = {
     "im2col_matmul": Im2colMatmulConfig,
     "xnnpack_frozen": XnnpackFrozenConfig,
 }
+
+
+def default_speed_routes(backend: str, requested: bool | None = None) -> SpeedConfig | None:
+    """The speed routes an export takes when the user does not say (``requested`` None): every route on
+    ExecuTorch (each where it applies; the bundle is verified like any other), none on ONNX Runtime. The CLI and
+    ``sdk_tools.api.export`` share this default; ``export_bundle``/``export_plan`` take exactly what they are given."""
+    routes = requested if requested is not None else backend == "executorch"
+    return SpeedConfig() if routes else None
+
+
+register_technique(
+    Technique(
+        "speed_routes",
+        SpeedConfig,
+        Stage.SPEED_ROUTE,
+        backends=frozenset({"executorch"}),
+        aliases=("speed",),  # the plan's field before the registry
+        inactive=lambda config: not config.enabled,
+        describe=SpeedConfig.describe,
+        argument="speed",
+        unsupported="speed routes are ExecuTorch program rewrites; the {backend} backend has no use for them: "
+        "use backend='executorch', or speed=None (CLI: --no-speed-routes)",
+    )
+)

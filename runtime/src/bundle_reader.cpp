@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -9,6 +10,7 @@
 #include <sstream>
 
 #include "failure.h"
+#include "manifest_schema.h"
 #include "sha256.h"
 
 namespace memwall {
@@ -21,6 +23,9 @@ constexpr int kSupportedSchemaVersion = 1;
 // only let a hostile one exhaust memory before the checks refuse it.
 constexpr int64_t kMaxManifestBytes = 4 << 20;
 constexpr const char* kManifestName = "manifest.json";
+// Python's json parser gives up near its recursion limit (1000 frames); a manifest nests 5 levels. Deeper documents
+// are refused before anything walks them recursively (the schema check does).
+constexpr size_t kMaxNesting = 500;
 
 // A manifest that does not have the shape manifest.v1.schema.json gives: the Python loader's message.
 [[noreturn]] void invalid(const std::string& where, const std::string& location, const std::string& problem) {
@@ -180,7 +185,38 @@ void verify_file(const std::string& directory, const std::string& role, const st
 
 // What the schema cannot say (exporters/bundle.py check_manifest_consistency): the figures a runner sizes tensors
 // and loops from agree with each other. The first problem is reported, with the count.
-void check_consistency(const Bundle& b, const json& files, const json& training, const std::string& where) {
+std::string shape_list(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+// declared_numel: the manifest's numel of each trainable parameter.
+// memory.by_runtime agrees with the rest (exporters/bundle.py _runtime_prediction_problems): the host runner's entry
+// is the top-level pair, and every runtime's peak is the same shared components plus its own overhead.
+std::vector<std::string> runtime_prediction_problems(const json& memory) {
+  const json by_runtime = memory.value("by_runtime", json::object());
+  if (by_runtime.empty()) return {};
+  int64_t overhead = memory["runtime_overhead_bytes"].get<int64_t>(), peak = memory["predicted_peak_bytes"].get<int64_t>();
+  auto pair = [](const json& entry) {
+    return std::make_pair(entry["runtime_overhead_bytes"].get<int64_t>(), entry["predicted_peak_bytes"].get<int64_t>());
+  };
+  if (!by_runtime.contains("python_host") || pair(by_runtime["python_host"]) != std::make_pair(overhead, peak)) {
+    return {"memory.by_runtime.python_host is missing or differs from memory's predicted_peak_bytes"};
+  }
+  std::vector<std::string> problems;
+  for (auto it = by_runtime.begin(); it != by_runtime.end(); ++it) {
+    auto [own, total] = pair(it.value());
+    if (total - own != peak - overhead) {
+      problems.push_back("memory.by_runtime." + it.key() + ": predicted_peak_bytes is not the shared components (" +
+                         std::to_string(peak - overhead) + ") plus its overhead");
+    }
+  }
+  return problems;
+}
+
+void check_consistency(const Bundle& b, const json& files, const json& training, const json& memory,
+                       const std::vector<int64_t>& declared_numel, const std::string& where) {
   std::vector<std::string> problems;
   if (b.backend == "executorch" && !files.contains("program")) problems.push_back("files lacks the program role(s) a executorch bundle needs");
   if (b.backend == "onnxruntime") {
@@ -194,17 +230,33 @@ void check_consistency(const Bundle& b, const json& files, const json& training,
   if (input.empty()) {
     problems.push_back("inputs[0] has no batch dimension");
   } else if (b.labels.shape.empty() || b.labels.shape[0] != input[0]) {
-    problems.push_back("labels and inputs differ in batch size");
+    problems.push_back("labels " + shape_list(b.labels.shape) + " and inputs " + shape_list(input) + " differ in batch size");
+  }
+  // Not checked by the Python loader (its runner feeds one input): the data reader slices every input by one batch.
+  for (size_t i = 1; i < b.inputs.size(); ++i) {
+    if (!input.empty() && b.inputs[i].shape.size() > 0 && b.inputs[i].shape[0] != input[0]) {
+      problems.push_back("inputs[" + std::to_string(i) + "] and inputs[0] differ in batch size");
+    } else if (b.inputs[i].shape.empty()) {
+      problems.push_back("inputs[" + std::to_string(i) + "] has no batch dimension");
+    }
   }
   int64_t batch = training.value("batch_size", int64_t(-1));
   if (!input.empty() && batch != input[0] * b.micro_batches) problems.push_back("training.batch_size is not the input batch times micro_batches");
-  if (b.labels.shape.size() == 1 && b.labels.dtype != MW_INT64) problems.push_back("labels are class indices but are not int64");
+  if (b.labels.shape.size() == 1 && b.labels.dtype != MW_INT64) {
+    problems.push_back("labels " + shape_list(b.labels.shape) + " are class indices but have dtype " + dtype_name(b.labels.dtype));
+  }
   if (b.classes.empty()) problems.push_back("classes is empty");
   for (size_t i = 0; i < b.trainable.size(); ++i) {
-    for (size_t k = 0; k < i; ++k) {
-      if (b.trainable[k].name == b.trainable[i].name && problems.size() < 100) problems.push_back("trainable names a parameter twice");
+    if (declared_numel[i] != b.trainable[i].numel) {
+      problems.push_back("trainable '" + b.trainable[i].name + "' has shape " + shape_list(b.trainable[i].shape) + " but numel " +
+                         std::to_string(declared_numel[i]));
+      break;
     }
   }
+  std::set<std::string> names;
+  for (const TensorSpec& p : b.trainable) names.insert(p.name);
+  if (names.size() != b.trainable.size()) problems.push_back("trainable names a parameter twice");
+  for (std::string& problem : runtime_prediction_problems(memory)) problems.push_back(std::move(problem));
   const OptimizerConfig& o = b.optimizer;
   if (o.lr <= 0) problems.push_back("optimizer: learning rate must be positive, got " + std::to_string(o.lr));
   if (!(o.momentum >= 0 && o.momentum < 1)) problems.push_back("optimizer: momentum must be in [0, 1), got " + std::to_string(o.momentum));
@@ -249,7 +301,8 @@ Bundle read_bundle(const std::string& directory) {
     // Strict as every reader of the contract parses it (exporters/bundle.py parse_strict_json): no NaN/Infinity
     // (nlohmann refuses them), no key twice in one object (readers would disagree on which one wins).
     std::vector<std::set<std::string>> keys;
-    m = json::parse(b.manifest_text, [&keys](int, json::parse_event_t event, json& parsed) {
+    m = json::parse(b.manifest_text, [&keys](int depth, json::parse_event_t event, json& parsed) {
+      if (size_t(depth) > kMaxNesting) throw std::invalid_argument("nested too deeply");
       if (event == json::parse_event_t::object_start) keys.emplace_back();
       if (event == json::parse_event_t::object_end && !keys.empty()) keys.pop_back();
       if (event == json::parse_event_t::key && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second) {
@@ -260,7 +313,10 @@ Bundle read_bundle(const std::string& directory) {
   } catch (const std::invalid_argument& exc) {
     fail(MW_ERR_BUNDLE, manifest_path + " is not valid JSON (" + exc.what() + "); the bundle is corrupt, re-export it");
   } catch (const json::exception& exc) {
-    fail(MW_ERR_BUNDLE, manifest_path + " is not valid JSON (" + exc.what() + "); the bundle is corrupt, re-export it");
+    // The parser quotes the bytes it last read: printable ASCII only, so the line stays one readable line.
+    std::string detail = exc.what();
+    std::replace_if(detail.begin(), detail.end(), [](char c) { return c < 0x20 || c > 0x7e; }, '?');
+    fail(MW_ERR_BUNDLE, manifest_path + " is not valid JSON (" + detail + "); the bundle is corrupt, re-export it");
   }
   if (!m.is_object()) fail(MW_ERR_BUNDLE, manifest_path + ": expected a JSON object, found " + std::string(m.type_name()));
   try {
@@ -277,6 +333,11 @@ Bundle read_fields(Bundle b, const json& m, const std::string& manifest_path) {
     std::string found = m.contains("schema_version") ? m["schema_version"].dump() : "None";
     fail(MW_ERR_BUNDLE, manifest_path + ": unsupported schema_version " + found + "; this memwall reads (1,). " +
                             "Re-export the bundle with this memwall version, or upgrade memwall.");
+  }
+  std::vector<SchemaError> errors = schema_errors(m);
+  if (!errors.empty()) {
+    fail(MW_ERR_BUNDLE, manifest_path + ": invalid manifest at " + errors[0].location + ": " + errors[0].message + " (" +
+                            std::to_string(errors.size()) + " problem(s)). Re-export the bundle; do not edit manifest.json by hand.");
   }
   Reader r(manifest_path);
   b.name = r.string(m, "name", "");
@@ -308,26 +369,36 @@ Bundle read_fields(Bundle b, const json& m, const std::string& manifest_path) {
   if (outputs.empty()) invalid(manifest_path, "outputs", "[] should be non-empty");
   b.classes = r.strings(m, "classes", "");
   const json& trainable = r.field(m, "trainable", json::value_t::array, "");
+  std::vector<int64_t> declared_numel;
   for (size_t i = 0; i < trainable.size(); ++i) {
     std::string at = "trainable/" + std::to_string(i);
     TensorSpec p = r.tensor(trainable[i], at, 0);
-    if (r.integer(trainable[i], "numel", at, 0) != p.numel) invalid(manifest_path, at + "/numel", "does not match the shape");
+    declared_numel.push_back(r.integer(trainable[i], "numel", at, 0));
     if (p.dtype != MW_FLOAT32) fail(MW_ERR_UNSUPPORTED, manifest_path + ": trainable parameter '" + p.name + "' is not float32");
     b.trainable.push_back(p);
   }
   r.integer(m, "frozen_parameter_count", "", 0);
   const json& opt = r.field(m, "optimizer", json::value_t::object, "");
-  b.optimizer.kind = r.string(opt, "kind", "optimizer");
-  b.optimizer.lr = r.number(opt, "lr", "optimizer");
-  b.optimizer.momentum = r.number(opt, "momentum", "optimizer");
-  b.optimizer.dampening = r.number(opt, "dampening", "optimizer");
-  b.optimizer.weight_decay = r.number(opt, "weight_decay", "optimizer");
-  b.optimizer.nesterov = r.field(opt, "nesterov", json::value_t::boolean, "optimizer").get<bool>();
-  const json& betas = r.field(opt, "betas", json::value_t::array, "optimizer");
-  if (betas.size() != 2 || !betas[0].is_number() || !betas[1].is_number()) invalid(manifest_path, "optimizer/betas", "expected two numbers");
-  b.optimizer.beta1 = betas[0].get<double>();
-  b.optimizer.beta2 = betas[1].get<double>();
-  b.optimizer.eps = r.number(opt, "eps", "optimizer");
+  for (auto it = opt.begin(); it != opt.end(); ++it) {
+    static const std::set<std::string> known = {"kind", "lr", "momentum", "dampening", "weight_decay", "nesterov", "betas", "eps"};
+    if (!known.count(it.key())) {
+      fail(MW_ERR_BUNDLE, manifest_path + ": optimizer: unknown setting '" + it.key() + "' (1 problem(s)); re-export the bundle");
+    }
+  }
+  // Settings left out take OptimizerConfig's defaults, as exporters.config.OptimizerConfig.from_json does.
+  OptimizerConfig& o = b.optimizer;
+  o.kind = r.string(opt, "kind", "optimizer");
+  o.lr = r.number(opt, "lr", "optimizer");
+  o.momentum = opt.contains("momentum") ? r.number(opt, "momentum", "optimizer") : 0.0;
+  o.dampening = opt.contains("dampening") ? r.number(opt, "dampening", "optimizer") : 0.0;
+  o.weight_decay = opt.contains("weight_decay") ? r.number(opt, "weight_decay", "optimizer") : 0.0;
+  o.nesterov = opt.contains("nesterov") && r.field(opt, "nesterov", json::value_t::boolean, "optimizer").get<bool>();
+  if (opt.contains("betas")) {
+    const json& betas = r.field(opt, "betas", json::value_t::array, "optimizer");
+    o.beta1 = betas.at(0).get<double>();
+    o.beta2 = betas.at(1).get<double>();
+  }
+  if (opt.contains("eps")) o.eps = r.number(opt, "eps", "optimizer");
   if (b.optimizer.kind != "sgd" && b.optimizer.kind != "adamw") {
     invalid(manifest_path, "optimizer/kind", "'" + b.optimizer.kind + "' is not one of ['sgd', 'adamw']");
   }
@@ -348,7 +419,7 @@ Bundle read_fields(Bundle b, const json& m, const std::string& manifest_path) {
   r.field(m, "techniques", json::value_t::array, "");
   const json& options = r.field(m, "backend_options", json::value_t::object, "");
 
-  check_consistency(b, files, training, manifest_path);
+  check_consistency(b, files, training, memory, declared_numel, manifest_path);
   for (auto it = files.begin(); it != files.end(); ++it) {
     verify_file(b.directory, it.key(), it.value()["path"].get<std::string>(), it.value()["sha256"].get<std::string>(),
                 it.value()["bytes"].get<int64_t>());

@@ -45,6 +45,7 @@ MemorySample sample_memory() {
     long long kib = 0;
     if (std::sscanf(line, "VmRSS: %lld kB", &kib) == 1) s.current_bytes = kib * 1024;
     if (std::sscanf(line, "VmHWM: %lld kB", &kib) == 1) s.peak_bytes = kib * 1024;
+    if (std::sscanf(line, "RssFile: %lld kB", &kib) == 1) s.file_bytes = kib * 1024;
   }
   std::fclose(status);
   s.peak_bytes = std::max({s.peak_bytes, s.current_bytes, reset_floor.load()});

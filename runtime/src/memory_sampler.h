@@ -11,6 +11,9 @@ namespace memwall {
 struct MemorySample {
   int64_t current_bytes = 0;
   int64_t peak_bytes = 0;
+  // Resident file-backed pages (Linux RssFile: the mapped program file and the libraries' code); -1 where the
+  // platform does not say (Apple's phys_footprint leaves clean file pages out anyway).
+  int64_t file_bytes = -1;
 };
 
 // Throws Failure(MW_ERR_IO) when the platform gives no figure.

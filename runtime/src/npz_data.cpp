@@ -1,6 +1,7 @@
 #include "npz_data.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -15,6 +16,13 @@ struct Array {
   size_t item = 4;
   std::vector<int64_t> shape;
   const uint8_t* data = nullptr;
+  // NumPy's name of the dtype, for messages: float32, int64, uint8, bool...
+  std::string dtype_name() const {
+    if (is_bool) return "bool";
+    return std::string(kind == 'f' ? "float" : kind == 'i' ? "int" : "uint") + std::to_string(item * 8);
+  }
+  bool is_bool = false;
+  bool integral() const { return kind != 'f'; }
   int64_t numel() const {
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
@@ -150,6 +158,7 @@ class NpzReader {
       bad("array " + name + " has dtype " + descr + "; use little-endian numbers");
     }
     a.kind = descr[1] == 'b' ? 'u' : descr[1];
+    a.is_bool = descr[1] == 'b';
     a.item = size_t(std::stoul(descr.substr(2)));
     if ((a.kind == 'f' && a.item != 4 && a.item != 8) || a.item == 0 || a.item > 8) bad("array " + name + " has dtype " + descr);
     if (value_of("fortran_order").find("True") < value_of("fortran_order").find(',')) bad("array " + name + " is Fortran-ordered; save a C-ordered array");
@@ -202,22 +211,49 @@ Dataset::Dataset(const std::string& path, const Bundle& bundle) {
     return it == arrays.end() ? nullptr : &it->second;
   };
   batch_ = bundle.inputs[0].shape.empty() ? 1 : bundle.inputs[0].shape[0];
+  const bool single = bundle.inputs.size() == 1;
+  std::string names;
+  for (const TensorSpec& spec : bundle.inputs) names += (names.empty() ? "'" : ", '") + spec.name + "'";
+  // Every array is an input or the labels: a misspelt name would otherwise leave an input unfed.
+  for (const auto& [name, array] : arrays) {
+    bool known = name == "y" || (single && name == "x") ||
+                 std::any_of(bundle.inputs.begin(), bundle.inputs.end(), [&](const TensorSpec& s) { return s.name == name; });
+    if (!known) {
+      fail(MW_ERR_DATA, path + " holds array '" + name + "', which is neither an input of the bundle (" + names + (single ? " or 'x'" : "") +
+                            ") nor the labels 'y'; name each array as the manifest's inputs name it");
+    }
+  }
   samples_ = -1;
+  std::string first_input;
   for (const TensorSpec& spec : bundle.inputs) {
     const Array* a = find(spec.name);
-    if (a == nullptr && bundle.inputs.size() == 1) a = find("x");
-    if (a == nullptr) fail(MW_ERR_DATA, path + " must hold an array named '" + spec.name + "'" + (bundle.inputs.size() == 1 ? " or 'x'" : "") + " for input " + spec.name);
+    if (a == nullptr && single) a = find("x");
+    if (a == nullptr) fail(MW_ERR_DATA, path + " must hold an array named '" + spec.name + "'" + (single ? " or 'x'" : "") + " for input " + spec.name);
+    std::string input = "input '" + spec.name + "'";
+    if (spec.dtype == MW_INT64 && !a->integral()) {
+      fail(MW_ERR_DATA, path + ": array '" + spec.name + "' is " + a->dtype_name() + ", " + input + " is int64: write integers (token ids, indices) as numpy int64");
+    }
     std::vector<int64_t> sample(spec.shape.begin() + 1, spec.shape.end());
     std::vector<int64_t> got(a->shape.empty() ? a->shape.begin() : a->shape.begin() + 1, a->shape.end());
     if (a->shape.empty() || got != sample) {
-      fail(MW_ERR_DATA, path + ": samples have shape " + shape_text(a->shape, 1) + ", the bundle expects " + shape_text(spec.shape, 1));
+      fail(MW_ERR_DATA, path + ": " + input + ": samples have shape " + shape_text(a->shape, 1) + ", the bundle expects " + shape_text(spec.shape, 1));
     }
-    if (samples_ >= 0 && a->shape[0] != samples_) fail(MW_ERR_DATA, path + ": the input arrays hold different sample counts");
+    if (samples_ >= 0 && a->shape[0] != samples_) {
+      fail(MW_ERR_DATA, path + ": " + input + " holds " + std::to_string(a->shape[0]) + " samples, " + first_input + " " + std::to_string(samples_) +
+                            ": every input needs one row per sample");
+    }
     samples_ = a->shape[0];
+    first_input = input;
     size_t sample_bytes = spec.nbytes() / size_t(batch_);
     input_sample_bytes_.push_back(sample_bytes);
     inputs_.emplace_back(size_t(samples_) * sample_bytes);
     convert(*a, a->numel(), spec.dtype, inputs_.back().data());
+    if (spec.dtype == MW_FLOAT32) {
+      const float* values = reinterpret_cast<const float*>(inputs_.back().data());
+      if (!std::all_of(values, values + a->numel(), [](float v) { return std::isfinite(v); })) {
+        fail(MW_ERR_DATA, path + ": " + input + " holds NaN or infinity (or values beyond float32); clean the data");
+      }
+    }
   }
   const Array* y = find("y");
   if (y == nullptr) fail(MW_ERR_DATA, path + " must hold the labels as an array named 'y' (found no 'y')");
@@ -230,7 +266,14 @@ Dataset::Dataset(const std::string& path, const Bundle& bundle) {
   labels_.resize(size_t(samples_) * label_sample_bytes_);
   bool one_hot = labels.dtype == MW_FLOAT32 && labels.shape.size() == 2 && y->shape.size() == 1;
   if (y->shape.size() == 1) {
+    if (!y->integral()) fail(MW_ERR_DATA, path + ": 'y' is " + y->dtype_name() + "; labels are class indices: write them as numpy int64");
     for (int64_t i = 0; i < samples_; ++i) classes_.push_back(y->integer_at(i));
+    auto [low, high] = std::minmax_element(classes_.begin(), classes_.end());
+    int64_t count = int64_t(bundle.classes.size());
+    if (!classes_.empty() && (*low < 0 || *high >= count)) {
+      fail(MW_ERR_DATA, path + ": labels span [" + std::to_string(*low) + ", " + std::to_string(*high) + "], the bundle has classes 0.." +
+                            std::to_string(count - 1));
+    }
   }
   if (one_hot) {
     int64_t classes = labels.shape[1];

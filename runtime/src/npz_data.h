@@ -1,8 +1,10 @@
 // The data file memwall-run reads: a NumPy .npz (np.savez, uncompressed), as the Python runner's --data reads it
 // (sdk_tools/data/loading.py): an array per manifest input, named as the input (or "x" for a bundle's single
-// input), sample shape = the input's shape without the batch dimension, any float or integer dtype (converted to
-// the input's dtype); labels "y" as class indices (one-hot encoded where the bundle's labels are float like its
-// logits, as exporters.losses.encode_labels does). Batches are taken in file order, batch k = samples
+// input), sample shape = the input's shape without the batch dimension, one row per sample in every array; a
+// float32 input takes any float, integer or bool array (converted; NaN and infinity refused), an int64 input
+// (token ids, indices) integer or bool arrays only; labels "y" as integer class indices within the manifest's
+// classes (one-hot encoded where the bundle's labels are float like its logits, as exporters.losses.encode_labels
+// does). Any other array is refused (a misspelt input name). Batches are taken in file order, batch k = samples
 // [k*B, (k+1)*B) of epoch k // (N // B): shuffle when writing the file. A checkpoint's data_position counts the
 // batches consumed, so --resume continues the same stream.
 #pragma once

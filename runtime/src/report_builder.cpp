@@ -18,6 +18,9 @@ namespace {
 using nlohmann::ordered_json;
 
 constexpr size_t kMaxSamples = 20000;  // report.v1's limit
+// This runtime's key in the manifest's memory.by_runtime and the report's run.runtime (exporters/bundle.py
+// NATIVE_RUNTIME): its prediction is the one a native run is compared with.
+constexpr const char* kRuntime = "memwall_native";
 constexpr const char* kUnknownDevice = "00000000-0000-4000-8000-000000000000";
 
 std::string first_line(const std::string& path) {
@@ -30,7 +33,8 @@ std::string first_line(const std::string& path) {
 
 std::string or_unknown(const std::string& value, const std::string& fallback) { return value.empty() ? fallback : value; }
 
-// This host as report.v1's device (sdk_tools/lab/client.py host_device_info); the lab replaces the id.
+// This host as report.v1's device (sdk_tools/lab/client.py host_device_info). The lab takes a report only from a
+// registered device (403 otherwise): pass --device-json with the id it gave.
 ordered_json host_device() {
   struct utsname name {};
   ::uname(&name);
@@ -77,12 +81,24 @@ std::string now_iso() {
   return out;
 }
 
+// memory.by_runtime's prediction for this runtime; manifests from before by_runtime predict for the Python host
+// runner only, and their top-level figure (host_peak) is then all there is.
+int64_t native_prediction(const nlohmann::json& memory, int64_t host_peak) {
+  auto by_runtime = memory.find("by_runtime");
+  if (by_runtime == memory.end() || !by_runtime->is_object()) return host_peak;
+  auto mine = by_runtime->find(kRuntime);
+  if (mine == by_runtime->end() || !mine->is_object()) return host_peak;
+  auto peak = mine->find("predicted_peak_bytes");
+  return peak != mine->end() && peak->is_number_unsigned() ? peak->get<int64_t>() : host_peak;
+}
+
 }  // namespace
 
 RunRecord::RunRecord() : started_at(now_iso()), start_(std::chrono::steady_clock::now()) {
   MemorySample s = sample_memory();
   baseline_bytes = s.current_bytes;
   peak_bytes = s.current_bytes;
+  baseline_file_bytes = file_bytes = s.file_bytes;
   samples.emplace_back(0.0, s.current_bytes);
 }
 
@@ -90,6 +106,7 @@ void RunRecord::phase(const std::string& name) {
   MemorySample s = sample_memory();
   if (!current_phase.empty()) phase_peaks[current_phase] = std::max(phase_peaks[current_phase], s.peak_bytes);
   peak_bytes = std::max(peak_bytes, s.peak_bytes);
+  file_bytes = std::max(file_bytes, s.file_bytes);
   reset_memory_peak();
   current_phase = name;
   phase_peaks.emplace(name, s.current_bytes);
@@ -98,6 +115,7 @@ void RunRecord::phase(const std::string& name) {
 void RunRecord::sample() {
   MemorySample s = sample_memory();
   peak_bytes = std::max(peak_bytes, s.peak_bytes);
+  file_bytes = std::max(file_bytes, s.file_bytes);
   if (!current_phase.empty()) phase_peaks[current_phase] = std::max(phase_peaks[current_phase], s.peak_bytes);
   if (samples.size() < kMaxSamples) {
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
@@ -140,7 +158,7 @@ std::string build_report(const Bundle& bundle, const RunRecord& run, int32_t thr
     }
   }
   section["plan"] = plan;
-  section["predicted_peak_bytes"] = bundle.predicted_peak_bytes;
+  section["predicted_peak_bytes"] = native_prediction(manifest["memory"], bundle.predicted_peak_bytes);
   ordered_json predicted = ordered_json::object();
   for (auto it = manifest["memory"].begin(); it != manifest["memory"].end(); ++it) {
     if (it.value().is_number_integer()) predicted[it.key()] = it.value();
@@ -169,12 +187,14 @@ std::string build_report(const Bundle& bundle, const RunRecord& run, int32_t thr
   r["accuracy_before"] = accuracy(options ? options->accuracy_before : -1);
   r["accuracy_after"] = accuracy(options ? options->accuracy_after : -1);
   r["threads"] = std::max(1, threads);
+  r["runtime"] = kRuntime;
   report["run"] = r;
 
   ordered_json memory;
   memory["peak_rss_bytes"] = run.peak_bytes;
   memory["baseline_bytes"] = run.baseline_bytes;
   memory["peak_delta_bytes"] = std::max<int64_t>(0, run.peak_bytes - run.baseline_bytes);
+  if (run.baseline_file_bytes >= 0) memory["file_backed_delta_bytes"] = std::max<int64_t>(0, run.file_bytes - run.baseline_file_bytes);
   ordered_json samples = ordered_json::array();
   for (const auto& [t, bytes] : run.samples) samples.push_back({{"t_ms", std::round(t * 1000) / 1000}, {"rss_bytes", bytes}});
   memory["samples"] = samples;

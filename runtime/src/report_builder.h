@@ -24,6 +24,7 @@ class RunRecord {
   std::string started_at;
   int64_t baseline_bytes = 0;
   int64_t peak_bytes = 0;  // over the whole run
+  int64_t baseline_file_bytes = -1, file_bytes = -1;  // resident file-backed pages: at the baseline, the most since
   std::vector<double> step_times_ms, losses;
   std::vector<std::pair<double, int64_t>> samples;  // (ms since start, bytes)
   std::map<std::string, int64_t> phase_peaks;      // each phase's peak (bytes, absolute)

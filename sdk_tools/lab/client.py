@@ -161,11 +161,13 @@ def host_device_info() -> dict[str, Any]:
     return {k: (v[:200] if isinstance(v, str) else v) for k, v in info.items()}
 
 
-def bundle_section(manifest_path: Path) -> dict[str, Any]:
-    """The report's ``bundle`` section for a bundle directory's manifest.json."""
+def bundle_section(manifest_path: Path, runtime: str | None = None) -> dict[str, Any]:
+    """The report's ``bundle`` section for a bundle directory's manifest.json: its predicted peak is the one for
+    ``runtime`` (a key of ``memory.by_runtime``) where the manifest has one, else the top-level (host runner's)."""
     raw = manifest_path.read_bytes()
     manifest = json.loads(raw)
     memory = manifest.get("memory") or {}
+    prediction = (memory.get("by_runtime") or {}).get(runtime) or memory
     model = manifest.get("model") or {}
     return {
         "manifest_sha256": hashlib.sha256(raw).hexdigest(),
@@ -175,6 +177,6 @@ def bundle_section(manifest_path: Path) -> dict[str, Any]:
         "model": model.get("spec") or manifest["name"],
         # The manifest lists techniques as [{name, config}]; the lab's plan is {name: config}.
         "plan": {t["name"]: t["config"] for t in manifest.get("techniques") or []},
-        "predicted_peak_bytes": memory["predicted_peak_bytes"],
+        "predicted_peak_bytes": prediction["predicted_peak_bytes"],
         "predicted": {k: v for k, v in memory.items() if isinstance(v, int) and not isinstance(v, bool)},
     }

@@ -11,7 +11,7 @@ MiB = 1024 * 1024
 PLANS: tuple[dict[str, Any], ...] = (
     {"name": "full-finetune"},
     {"name": "lora-r8", "lora": {"rank": 8}},
-    {"name": "lora-r8+ckpt", "lora": {"rank": 8}, "activation_checkpointing": True},
+    {"name": "lora-r8+recompute", "lora": {"rank": 8}, "recompute": {"segments": "auto"}},
 )
 
 

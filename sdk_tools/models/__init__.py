@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from sdk_tools.models.frozen_batchnorm import FrozenBatchNorm2d, freeze_batchnorm
+from exporters.frozen_batchnorm import FrozenBatchNorm2d, freeze_batchnorm
 from sdk_tools.models.mlp import MLP
 from sdk_tools.models.mobilenet_v2 import MobileNetV2
 from sdk_tools.models.small_cnn import SmallCNN

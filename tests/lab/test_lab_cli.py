@@ -54,7 +54,7 @@ def test_register_then_report_from_server_and_from_db(lab_server, rows, tmp_path
         assert "wrote 4 reports" in made.stdout and "3 device/plan groups" in made.stdout
         assert png.read_bytes().startswith(PNG_MAGIC) and png.stat().st_size > 20_000
         table = list(csv.DictReader(csv_path.open()))
-        assert sorted(r["plan"] for r in table) == ["full-finetune", "lora-r8", "lora-r8", "lora-r8+ckpt"]
+        assert sorted(r["plan"] for r in table) == ["full-finetune", "lora-r8", "lora-r8", "lora-r8+recompute"]
         assert {r["device_name"] for r in table} == {"cli-phone"}
 
 

@@ -114,7 +114,7 @@ def test_host_device_info_and_manifest_fill_a_valid_report(tmp_path: Path) -> No
         "model": {"spec": "mlp", "kwargs": {}, "parameters": 500, "trainable_parameters": 50},
         "techniques": [
             {"name": "lora", "config": {"rank": 4}},
-            {"name": "activation_checkpointing", "config": {"segments": "blocks"}},
+            {"name": "recompute", "config": {"segments": "blocks"}},
         ],
         "memory": {
             "planned_arena_bytes": 1000,
@@ -133,7 +133,7 @@ def test_host_device_info_and_manifest_fill_a_valid_report(tmp_path: Path) -> No
     validate_report(report)
     assert report["bundle"]["predicted"] == manifest["memory"]
     assert report["bundle"]["model"] == "mlp"
-    assert plan_label(report["bundle"]["plan"]) == "activation_checkpointing(segments=blocks)+lora(rank=4)"
+    assert plan_label(report["bundle"]["plan"]) == "lora(rank=4)+recompute(segments=blocks)"
 
 
 def test_derived_numbers() -> None:

@@ -74,6 +74,15 @@ public struct Manifest: Decodable, Sendable {
 
     public var predictedPeakBytes: Int64 { memory["predicted_peak_bytes"]?.int64 ?? 0 }
 
+    /// The memwall native runtime (runtime/, through its C API): a key of `memory.by_runtime`.
+    public static let nativeRuntime = "memwall_native"
+
+    /// The predicted peak for a run in `runtime` (a key of `memory.by_runtime`): the top-level (host runner's) one
+    /// where the manifest has none for it, as exporters.bundle's `prediction_for` reads it.
+    public func predictedPeakBytes(for runtime: String?) -> Int64 {
+        runtime.flatMap { memory["by_runtime"]?[$0]?["predicted_peak_bytes"]?.int64 } ?? predictedPeakBytes
+    }
+
     /// The examples of one training call (the inputs' batch dimension); `training.batchSize` is one optimizer
     /// step's, over `training.microBatches` calls.
     public var callBatchSize: Int { inputs.first?.shape.first ?? training.batchSize }

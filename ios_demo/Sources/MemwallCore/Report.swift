@@ -36,14 +36,17 @@ public struct Report: Codable, Equatable, Sendable {
         public var accuracyBefore: Double?
         public var accuracyAfter: Double?
         public var threads: Int?
+        /// The runtime that trained, whose prediction `bundle.predictedPeakBytes` is.
+        public var runtime: String?
 
         public init(reportId: String, startedAt: String, steps: Int? = nil, batchSize: Int? = nil,
                     microBatches: Int? = nil, stepTimesMs: [Double]? = nil, lossCurve: [Double?]? = nil,
-                    accuracyBefore: Double? = nil, accuracyAfter: Double? = nil, threads: Int? = nil) {
+                    accuracyBefore: Double? = nil, accuracyAfter: Double? = nil, threads: Int? = nil,
+                    runtime: String? = nil) {
             (self.reportId, self.startedAt, self.steps, self.batchSize, self.microBatches) =
                 (reportId, startedAt, steps, batchSize, microBatches)
-            (self.stepTimesMs, self.lossCurve, self.accuracyBefore, self.accuracyAfter, self.threads) =
-                (stepTimesMs, lossCurve, accuracyBefore, accuracyAfter, threads)
+            (self.stepTimesMs, self.lossCurve, self.accuracyBefore, self.accuracyAfter, self.threads, self.runtime) =
+                (stepTimesMs, lossCurve, accuracyBefore, accuracyAfter, threads, runtime)
         }
     }
 
@@ -109,8 +112,9 @@ public struct Report: Codable, Equatable, Sendable {
 }
 
 extension Report.BundleSection {
-    /// The report's `bundle` section for a verified bundle, as sdk_tools.lab.client.bundle_section builds it.
-    public init(_ bundle: TrainingBundle) {
+    /// The report's `bundle` section for a verified bundle trained in `runtime`, as
+    /// sdk_tools.lab.client.bundle_section builds it.
+    public init(_ bundle: TrainingBundle, runtime: String? = nil) {
         let m = bundle.manifest
         // The manifest lists techniques as [{name, config}]; the lab's plan is {name: config}.
         let plan = Dictionary(m.techniques.map { ($0.name, $0.config) }, uniquingKeysWith: { _, last in last })
@@ -121,7 +125,7 @@ extension Report.BundleSection {
         self.init(
             manifestSha256: bundle.manifestSHA256, name: m.name, backend: m.backend,
             model: m.model.spec.isEmpty ? m.name : m.model.spec, plan: .object(plan),
-            predictedPeakBytes: m.predictedPeakBytes, predicted: predicted
+            predictedPeakBytes: m.predictedPeakBytes(for: runtime), predicted: predicted
         )
     }
 }

@@ -30,6 +30,8 @@ public struct Batch: Sendable {
 public protocol TrainingBackend: AnyObject {
     var bundle: TrainingBundle { get }
     var threads: Int { get }
+    /// The runtime that trains (report.v1 `run.runtime`, a key of the manifest's `memory.by_runtime`).
+    var runtime: String { get }
     /// One optimizer step; returns the mean of the micro-batches' losses.
     func trainStep(_ microBatches: [Batch]) throws -> Double
     /// Logits of one batch (batch x classes, row-major) with the live trained parameters.
@@ -91,11 +93,13 @@ public struct TrainingResult: Sendable {
     public var accuracyAfter: Double?
     public var memory: Report.Memory
     public var threads: Int
+    public var runtime: String?
 
     public init(steps: Int, losses: [Double], stepTimesMs: [Double], accuracyBefore: Double?, accuracyAfter: Double?,
-                memory: Report.Memory, threads: Int) {
+                memory: Report.Memory, threads: Int, runtime: String? = nil) {
         (self.steps, self.losses, self.stepTimesMs) = (steps, losses, stepTimesMs)
-        (self.accuracyBefore, self.accuracyAfter, self.memory, self.threads) = (accuracyBefore, accuracyAfter, memory, threads)
+        (self.accuracyBefore, self.accuracyAfter, self.memory, self.threads, self.runtime) =
+            (accuracyBefore, accuracyAfter, memory, threads, runtime)
     }
 }
 
@@ -159,7 +163,8 @@ public final class Trainer {
         let after = try accuracy(evaluation)
         memory = sampler.end()
         return TrainingResult(steps: losses.count, losses: losses, stepTimesMs: times, accuracyBefore: before,
-                              accuracyAfter: after, memory: memory!, threads: backend.threads)
+                              accuracyAfter: after, memory: memory!, threads: backend.threads,
+                              runtime: backend.runtime)
     }
 }
 
@@ -169,11 +174,11 @@ extension Report {
                 result: TrainingResult) {
         let m = bundle.manifest
         self.init(
-            device: device, bundle: BundleSection(bundle),
+            device: device, bundle: BundleSection(bundle, runtime: result.runtime),
             run: Run(reportId: reportId, startedAt: rfc3339(startedAt), steps: result.steps, batchSize: m.training.batchSize,
                      microBatches: m.training.microBatches, stepTimesMs: result.stepTimesMs,
                      lossCurve: result.losses.map { $0.isFinite ? $0 : nil }, accuracyBefore: result.accuracyBefore,
-                     accuracyAfter: result.accuracyAfter, threads: result.threads),
+                     accuracyAfter: result.accuracyAfter, threads: result.threads, runtime: result.runtime),
             memory: result.memory, status: "ok", error: nil
         )
     }

@@ -34,6 +34,7 @@ public final class ExecuTorchBackend: TrainingBackend {
     }
 
     public var threads: Int { Int(mw_session_threads(session)) }
+    public var runtime: String { Manifest.nativeRuntime }
 
     public var steps: Int { Int(mw_session_steps(session)) }
 

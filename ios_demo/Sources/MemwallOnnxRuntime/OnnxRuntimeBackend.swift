@@ -11,6 +11,9 @@ public final class OnnxRuntimeBackend: TrainingBackend {
     public static let isAvailable = true
     public let bundle: TrainingBundle
     public let threads = 1
+    /// ONNX Runtime's own training runtime: the manifest predicts no memory for it (memory.by_runtime has the host
+    /// runner's and the memwall native runtime's), so its reports carry the top-level prediction, as the lab reads it.
+    public let runtime = "onnxruntime_training"
     private let env: ORTEnv
     private let session: ORTTrainingSession
     private let checkpoint: ORTCheckpoint

@@ -19,6 +19,8 @@ final class BundleTests: XCTestCase {
             XCTAssertEqual(manifest.classes.count, 10, name)
             XCTAssertEqual(manifest.trainable.map(\.numel).reduce(0, +), 17226, name)
             XCTAssertGreaterThan(manifest.predictedPeakBytes, 0, name)
+            // Written before memory.by_runtime: every runtime's prediction is the top-level one.
+            XCTAssertEqual(manifest.predictedPeakBytes(for: Manifest.nativeRuntime), manifest.predictedPeakBytes, name)
         }
     }
 

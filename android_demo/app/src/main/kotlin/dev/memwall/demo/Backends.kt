@@ -9,7 +9,9 @@ import dev.memwall.core.Batch
 import dev.memwall.core.Bundle
 import dev.memwall.core.BundleError
 import dev.memwall.core.CallResult
+import dev.memwall.core.Manifest
 import dev.memwall.core.PerCallBackend
+import dev.memwall.core.Reports
 import dev.memwall.core.StepInfo
 import dev.memwall.core.TrainingBackend
 import org.pytorch.executorch.EValue
@@ -20,13 +22,22 @@ import java.nio.LongBuffer
 
 /** Picks the runtime for a bundle, or refuses it with the reason and the export flag that would make it work. */
 object Backends {
-    fun open(bundle: Bundle): TrainingBackend {
-        val m = bundle.manifest
-        return when {
-            m.backend == "onnxruntime" -> OnnxRuntimeBackend(bundle)
-            NativeBackend.available -> NativeBackend(bundle)
-            else -> ExecuTorchFusedBackend(bundle)
-        }
+    // Runtimes the manifest predicts no memory for (memory.by_runtime has only the host's and the memwall native
+    // one's): their reports carry the top-level prediction, as the lab reads a run.runtime it has no entry for.
+    const val EXECUTORCH_MODULE = "executorch_training_module"
+    const val ONNX_RUNTIME = "onnxruntime_training"
+
+    /** The runtime [open] trains a bundle in: the report's run.runtime, a key of the manifest's memory.by_runtime. */
+    fun runtimeFor(m: Manifest): String = when {
+        m.backend == "onnxruntime" -> ONNX_RUNTIME
+        NativeBackend.available -> Reports.NATIVE_RUNTIME
+        else -> EXECUTORCH_MODULE
+    }
+
+    fun open(bundle: Bundle): TrainingBackend = when (runtimeFor(bundle.manifest)) {
+        ONNX_RUNTIME -> OnnxRuntimeBackend(bundle)
+        Reports.NATIVE_RUNTIME -> NativeBackend(bundle)
+        else -> ExecuTorchFusedBackend(bundle)
     }
 }
 

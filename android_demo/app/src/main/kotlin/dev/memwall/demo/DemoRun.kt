@@ -106,8 +106,9 @@ class DemoRun(
     fun run(): Map<String, Any?> {
         val m = bundle.manifest
         val device = state.device()
-        val bundleSection = Reports.bundleSection(m)
-        val record = RunRecord(batchSize = m.batchSize, microBatches = m.microBatches, threads = 1)
+        val runtime = Backends.runtimeFor(m)
+        val bundleSection = Reports.bundleSection(m, runtime)
+        val record = RunRecord(batchSize = m.batchSize, microBatches = m.microBatches, threads = 1, runtime = runtime)
         val sampler = MemorySampler(onSample = { s -> listener.onMemory(s, MemoryStatus.read().hwmBytes) })
         state.journal.begin(device, bundleSection, record, sampler.baselineBytes)
         var status = "ok"

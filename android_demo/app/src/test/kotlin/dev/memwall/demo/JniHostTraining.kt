@@ -29,7 +29,7 @@ object JniHostTraining {
         val test = samples("test")
         val steps = args[2].toInt()
         val checkpoint = File(args[3])
-        val record = RunRecord(batchSize = m.batchSize, microBatches = m.microBatches, threads = 1)
+        val record = RunRecord(batchSize = m.batchSize, microBatches = m.microBatches, threads = 1, runtime = Reports.NATIVE_RUNTIME)
         val sampler = MemorySampler(intervalMs = 20)
         val result = LinkedHashMap<String, Any?>()
         NativeBackend(bundle).use { backend ->
@@ -53,7 +53,7 @@ object JniHostTraining {
         }
         sampler.close()
         val memory = MemoryRecord(sampler.baselineBytes, sampler.peakBytes(), sampler.samples())
-        result["report"] = Reports.build(HostTools.hostDevice(args[4]), Reports.bundleSection(m), record.toJson(), memory.toJson(), "ok")
+        result["report"] = Reports.build(HostTools.hostDevice(args[4]), Reports.bundleSection(m, Reports.NATIVE_RUNTIME), record.toJson(), memory.toJson(), "ok")
         println(Json.write(result))
     }
 }

@@ -37,6 +37,15 @@ class Manifest(
     /** Samples per call of the train method: the input's batch dimension (batch_size / micro_batches). */
     val callBatch: Int get() = input.shape[0].toInt()
 
+    /**
+     * The predicted peak for a run in [runtime] (a key of memory.by_runtime, e.g. [Reports.NATIVE_RUNTIME]): the
+     * top-level (host runner's) one where the manifest has none for it, as exporters.bundle's prediction_for reads it.
+     */
+    fun predictedPeakBytesFor(runtime: String?): Long {
+        val entry = (raw.obj("memory").map["by_runtime"] as? Map<*, *>)?.get(runtime) as? Map<*, *>
+        return entry?.get("predicted_peak_bytes") as? Long ?: predictedPeakBytes
+    }
+
     companion object {
         const val SCHEMA_VERSION = 1L
         val BACKENDS = setOf("executorch", "onnxruntime")

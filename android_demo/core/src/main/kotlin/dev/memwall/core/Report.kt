@@ -41,6 +41,8 @@ class RunRecord(
     val batchSize: Int,
     val microBatches: Int,
     val threads: Int,
+    /** run.runtime: the runtime that trained, whose prediction the bundle section carries. */
+    val runtime: String? = null,
 ) {
     val stepTimesMs = ArrayList<Double>()
     val lossCurve = ArrayList<Double>()
@@ -58,7 +60,7 @@ class RunRecord(
         "loss_curve" to lossCurve,  // Json writes a non-finite loss as null, as the schema asks
         "accuracy_before" to accuracyBefore,
         "accuracy_after" to accuracyAfter,
-    )
+    ).apply { runtime?.let { put("runtime", it) } }
 
     companion object {
         fun isoNow(): String = SimpleDateFormat("yyyy-MM-dd'T'HH:mm:ss.SSSXXX", Locale.ROOT)
@@ -86,8 +88,11 @@ class MemoryRecord(
 object Reports {
     const val SCHEMA_VERSION = 1
 
-    /** The bundle section, as sdk_tools.lab.client.bundle_section builds it from the same manifest. */
-    fun bundleSection(manifest: Manifest): Map<String, Any?> {
+    /** The memwall native runtime (runtime/, through JNI): a key of the manifest's memory.by_runtime. */
+    const val NATIVE_RUNTIME = "memwall_native"
+
+    /** The bundle section for a run in [runtime], as sdk_tools.lab.client.bundle_section builds it. */
+    fun bundleSection(manifest: Manifest, runtime: String? = null): Map<String, Any?> {
         val m = manifest.raw
         val memory = m.obj("memory").map.filterValues { it is Long }
         val model = if (m.has("model")) m.obj("model") else null
@@ -98,7 +103,7 @@ object Reports {
             "backend" to manifest.backend,
             "model" to (model?.takeIf { it.has("spec") }?.string("spec")?.ifEmpty { null } ?: manifest.name),
             "plan" to techniques.associate { it.string("name") to it.map["config"] },
-            "predicted_peak_bytes" to manifest.predictedPeakBytes,
+            "predicted_peak_bytes" to manifest.predictedPeakBytesFor(runtime),
             "predicted" to memory,
         )
     }

@@ -9,7 +9,7 @@ import kotlin.system.exitProcess
  *   lab-register URL NAME                   -> {"device_id", "token"}
  *   lab-enqueue QUEUE URL TOKEN REPORT.json  (a report made offline)
  *   lab-flush QUEUE                         -> {"sent", "kept", "rejected"}
- *   bundle-section MANIFEST.json            -> the report's bundle section
+ *   bundle-section MANIFEST.json [RUNTIME]  -> the report's bundle section for a run in RUNTIME
  *   checkpoint-continue MANIFEST IN OUT GRADS.json  -> resume IN (written by Python), step, save OUT
  *   run-until-killed JOURNAL DEVICE_ID MANIFEST  a "training" that grows memory until the test SIGKILLs it
  *   recover JOURNAL QUEUE URL TOKEN LIMIT     -> the failed run's status, queued for the lab once ("none" after)
@@ -29,7 +29,7 @@ object HostTools {
         "lab-register" -> LabClient(a[1]).registerDevice(a[2]).let { Json.write(mapOf("device_id" to it.deviceId, "token" to it.token)) }
         "lab-enqueue" -> ReportQueue(File(a[1])).enqueue(a[2], a[3], JsonObject.parse(File(a[4]).readText(), a[4]).map).name
         "lab-flush" -> ReportQueue(File(a[1])).flush().let { Json.write(mapOf("sent" to it.sent, "kept" to it.kept, "rejected" to it.rejected)) }
-        "bundle-section" -> Json.write(Reports.bundleSection(Manifest.parse(File(a[1]).readBytes())))
+        "bundle-section" -> Json.write(Reports.bundleSection(Manifest.parse(File(a[1]).readBytes()), a.getOrNull(2)))
         "checkpoint-continue" -> continueCheckpoint(Manifest.parse(File(a[1]).readBytes()), File(a[2]), File(a[3]), File(a[4]))
         "run-until-killed" -> runUntilKilled(File(a[1]), a[2], Manifest.parse(File(a[3]).readBytes()))
         "recover" -> recover(RunJournal(File(a[1])), ReportQueue(File(a[2])), a[3], a[4], a[5].toLong())
