@@ -31,6 +31,7 @@ def test_committed_table_has_every_row() -> None:
     )
 
 
+@pytest.mark.slow  # 104 verified exports: 200 s on the idle CI machine
 def test_the_whole_table_remeasured_equals_the_committed_one(coverage_cells: CoverageCells) -> None:
     committed = committed_cells()
     cells = coverage_cells.measure([row.name for row in ROWS], BACKENDS)

@@ -61,7 +61,7 @@ class Pair:
     int8_bundle: Bundle
 
 
-@pytest.fixture(scope="module", params=["executorch", "onnxruntime"])
+@pytest.fixture(scope="module", params=[pytest.param("executorch", marks=pytest.mark.slow), "onnxruntime"])
 def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Pair:
     root = tmp_path_factory.mktemp("int8")
     model = apply_freeze(tiny_model(), BIAS_ONLY)

@@ -107,6 +107,7 @@ def _just_under_full(planner: Planner) -> tuple[Candidate, int]:
     return full, int(full.predicted_peak_bytes / 0.9) - 1
 
 
+@pytest.mark.slow  # the planner's exports or measured runs
 def test_planner_ranks_by_what_trains_and_keeps_only_fitting_plans(planner: Planner) -> None:
     full, budget = _just_under_full(planner)
     report = planner.search(budget, margin=0.1, top=2)
@@ -127,6 +128,7 @@ def test_impossible_budget_names_the_smallest_plan(planner: Planner) -> None:
         planner.search(2**20)
 
 
+@pytest.mark.slow  # the planner's exports or measured runs
 def test_int8_frozen_weights_are_the_last_resort_and_lossless_refuses_them(tmp_path: Path) -> None:
     # Many small layers: int8 storage saves 3 bytes per frozen weight, dequantizing costs one layer's floats.
     torch.manual_seed(0)
@@ -146,6 +148,7 @@ def test_int8_frozen_weights_are_the_last_resort_and_lossless_refuses_them(tmp_p
         lossless.search(budget, margin=0.1)
 
 
+@pytest.mark.slow  # the planner's exports or measured runs
 def test_emitted_plan_measures_under_its_budget(planner: Planner) -> None:
     _, budget = _just_under_full(planner)
     best = planner.search(budget, margin=0.1, top=1).fitting[0]
@@ -163,6 +166,7 @@ def wide_mlp_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow  # the planner's exports or measured runs
 def test_hard_cap_kills_a_bundle_that_does_not_fit(wide_mlp_bundle: Path) -> None:
     bundle = load_bundle(wide_mlp_bundle)
     assert bundle.manifest.memory.predicted_peak_bytes > 32 * 2**20
@@ -185,6 +189,7 @@ def test_cgroup_cap_is_used_where_the_machine_allows_it() -> None:
     assert not cap.path.exists()
 
 
+@pytest.mark.slow  # the planner's exports or measured runs
 def test_cli_plan_and_export_with_budget(planner: Planner, tmp_path: Path) -> None:
     _, budget = _just_under_full(planner)
     best = planner.search(budget, margin=0.1, top=1).fitting[0]

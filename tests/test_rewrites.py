@@ -1,7 +1,8 @@
 """Training rewrites: layers whose backward a runtime computes wrong or lacks train like eager PyTorch after
 memwall's rewrite. Each case exports a tiny model (a trainable stem, the layer, a classifier), runs one step in the
 real runtime and compares loss, logits and every gradient with eager (``sdk_tools.coverage.check_cell``); the
-manifest names the rewrite. These are cells of the coverage table, measured once per session (``coverage_cells``).
+manifest names the rewrite. These are cells of the coverage table: after test_coverage.py they are not measured
+again (``coverage_cells``).
 """
 
 from __future__ import annotations
@@ -56,20 +57,11 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def rewritten_cells(coverage_cells: CoverageCells) -> dict[tuple[str, str], Cell]:
-    """Every case's cell, measured in one go (two child processes) unless test_coverage.py measured it already."""
-    cells: dict[tuple[str, str], Cell] = {}
-    for backend in dict.fromkeys(b for _, b, _ in CASES):
-        cells.update(coverage_cells.measure([r for r, b, _ in CASES if b == backend], (backend,)))
-    return cells
-
-
 @pytest.mark.parametrize(("row", "backend", "rewrite"), CASES, ids=[f"{r}-{b}" for r, b, _ in CASES])
 def test_rewritten_layer_trains_like_eager(
-    rewritten_cells: dict[tuple[str, str], Cell], row: str, backend: str, rewrite: str
+    coverage_cells: CoverageCells, tmp_path: Path, row: str, backend: str, rewrite: str
 ) -> None:
-    assert rewritten_cells[row, backend] == Cell("trains", rewrite)
+    assert coverage_cells.cell(row, backend, tmp_path) == Cell("trains", rewrite)
 
 
 # The model zoo: real architectures beyond memwall's reference models, trained 5 SGD steps in the runtime.
