@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,3 +149,61 @@ class CoverageCells:
 @pytest.fixture(scope="session")
 def coverage_cells() -> CoverageCells:
     return CoverageCells()
+
+
+# The native runtime (runtime/): built once per session by runtime/setup.sh, shared by test_runtime*,
+# test_runtime_memory and tests/lab/test_lab_native_report.
+NATIVE_BUILD = Path(__file__).resolve().parents[1] / "runtime" / "build"
+
+
+@pytest.fixture(scope="session")
+def native() -> Path:
+    """runtime/setup.sh builds (or finds up to date) libmemwall.a, memwall-run, memwall-golden and memwall-c-smoke;
+    the path of memwall-run."""
+    env = {**os.environ, "MEMWALL_PYTHON": sys.executable}
+    done = subprocess.run([str(NATIVE_BUILD.parent / "setup.sh")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return NATIVE_BUILD / "memwall-run"
+
+
+def copy_bundle(bundle: Bundle, where: Path) -> Path:
+    """A private copy (each run writes its checkpoint into the bundle directory)."""
+    target = where / bundle.directory.name
+    shutil.copytree(bundle.directory, target)
+    (target / "checkpoint.safetensors").unlink(missing_ok=True)
+    return target
+
+
+def run_native(binary: Path, bundle_dir: Path, data: Path, steps: int, *extra: str) -> tuple[list[float], str]:
+    """Losses per step and stdout."""
+    done = subprocess.run(
+        [str(binary), str(bundle_dir), "--data", str(data), "--steps", str(steps), *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = [float(line.split()[3]) for line in done.stdout.splitlines() if line.startswith("step ")]
+    return losses, done.stdout
+
+
+def run_c_smoke(bundle_dir: Path, checkpoint: Path) -> None:
+    """memwall.h compiled as C99 (what Swift and JNI import): a step, predict, checkpoint round trip, report."""
+    done = subprocess.run(
+        [str(NATIVE_BUILD / "memwall-c-smoke"), str(bundle_dir), str(checkpoint)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok 1 ")
+
+
+def refusal(binary: Path, bundle_dir: Path, data: Path) -> str:
+    """memwall-run's one-line refusal of ``bundle_dir`` (exit 2, nothing on stdout, no checkpoint written)."""
+    done = subprocess.run(
+        [str(binary), str(bundle_dir), "--data", str(data), "--steps", "1"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("memwall-run: error: "), done.stderr
+    assert not (bundle_dir / "checkpoint.safetensors").exists()
+    return lines[0]

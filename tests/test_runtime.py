@@ -4,10 +4,7 @@ ExecuTorch C++ runtime, compared with the Python host runner (sdk_tools/runner) 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,29 +26,23 @@ from sdk_tools.data.digits import DigitsSplit
 from sdk_tools.lab.schema import validate_report
 from sdk_tools.runner.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sdk_tools.runner.train import evaluate, open_session
-from tests.conftest import REFERENCE_CASES, export_case, make_model
+from tests.conftest import (
+    NATIVE_BUILD,
+    REFERENCE_CASES,
+    copy_bundle,
+    export_case,
+    make_model,
+    refusal,
+    run_c_smoke,
+    run_native,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNTIME = ROOT / "runtime"
-BUILD = RUNTIME / "build"
 GOLDEN = ROOT / "tests" / "golden"
 STEPS = 20
 SAMPLES = 40  # 10 batches of 4: the stream wraps into a second epoch within 20 steps
 # SmallCNN at 8x8 has nothing whose recomputation lowers the arena ("method unchanged"); at 16x16 the sqrt cuts do.
 RECOMPUTE_SHAPE = (1, 16, 16)
-
-
-@pytest.fixture(scope="module")
-def native() -> Path:
-    return build_runtime()
-
-
-def build_runtime() -> Path:
-    """runtime/setup.sh builds (or finds up to date) libmemwall.a, memwall-run and memwall-golden."""
-    env = {**os.environ, "MEMWALL_PYTHON": sys.executable}
-    done = subprocess.run([str(RUNTIME / "setup.sh")], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return BUILD / "memwall-run"
 
 
 def _mlp(root: Path, tag: str, optimizer: OptimizerConfig, **options) -> Bundle:
@@ -145,27 +136,6 @@ def write_data(path: Path, sample_shape: tuple[int, ...]) -> Path:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_data(tmp_path_factory.mktemp("native-data") / "data.npz", REFERENCE_CASES["mlp"][1])
-
-
-def copy_bundle(bundle: Bundle, where: Path) -> Path:
-    """A private copy (each run writes its checkpoint into the bundle directory)."""
-    target = where / bundle.directory.name
-    shutil.copytree(bundle.directory, target)
-    (target / "checkpoint.safetensors").unlink(missing_ok=True)
-    return target
-
-
-def run_native(binary: Path, bundle_dir: Path, data: Path, steps: int, *extra: str) -> tuple[list[float], str]:
-    """Losses per step and stdout."""
-    done = subprocess.run(
-        [str(binary), str(bundle_dir), "--data", str(data), "--steps", str(steps), *extra],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    losses = [float(line.split()[3]) for line in done.stdout.splitlines() if line.startswith("step ")]
-    return losses, done.stdout
 
 
 def python_run(
@@ -265,28 +235,9 @@ def test_checkpoints_move_between_native_and_python(
 
 @pytest.mark.parametrize("kind", ["micro", "fused"])
 def test_the_c_api_from_plain_c(kind: str, native: Path, bundles: dict[str, Bundle], tmp_path: Path) -> None:
-    """memwall.h compiled as C99 (what Swift and JNI import): a step, predict, checkpoint round trip, report."""
-    bundle_dir = copy_bundle(bundles[kind], tmp_path)
-    done = subprocess.run(
-        [str(BUILD / "memwall-c-smoke"), str(bundle_dir), str(tmp_path / "c.safetensors")],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("ok 1 ")
+    """memwall.h from plain C99 on accumulating and fused-update bundles."""
+    run_c_smoke(copy_bundle(bundles[kind], tmp_path), tmp_path / "c.safetensors")
     assert load_checkpoint(tmp_path / "c.safetensors", bundles[kind]).data_position == 7
-
-
-def refusal(binary: Path, bundle_dir: Path, data: Path) -> str:
-    done = subprocess.run(
-        [str(binary), str(bundle_dir), "--data", str(data), "--steps", "1"], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 2, done.stderr
-    assert done.stdout == ""
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("memwall-run: error: "), done.stderr
-    assert not (bundle_dir / "checkpoint.safetensors").exists()
-    return lines[0]
 
 
 def _corrupt_program(d: Path) -> None:
@@ -398,7 +349,7 @@ def test_hostile_bundles_are_refused_in_one_line(
 def test_golden_vectors_optimizers_accumulation_and_checkpoint(native: Path, tmp_path: Path) -> None:
     checkpoint = json.loads((GOLDEN / "checkpoint.json").read_text())
     written = tmp_path / "checkpoint.safetensors"
-    command = [str(BUILD / "memwall-golden"), str(GOLDEN / "optimizer.json"), str(GOLDEN / "accumulation.json")]
+    command = [str(NATIVE_BUILD / "memwall-golden"), str(GOLDEN / "optimizer.json"), str(GOLDEN / "accumulation.json")]
     sha = checkpoint["metadata"]["manifest_sha256"]
     out = json.loads(subprocess.check_output([*command, str(GOLDEN / "checkpoint.safetensors"), sha, str(written)]))
     golden = json.loads((GOLDEN / "optimizer.json").read_text())

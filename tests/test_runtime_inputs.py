@@ -13,7 +13,6 @@ the runner's own optimizer (sdk_tools/runner/optim.py), fed the batches memwall-
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,10 +43,11 @@ from exporters.config import OptimizerConfig
 from exporters.training_graph import MODEL_PREFIX, in_first_use_order
 from exporters.verify import check_runtime
 from sdk_tools.runner.optim import Optimizer
-from tests.test_runtime import BUILD, STEPS, build_runtime, copy_bundle, refusal, run_native
+from tests.conftest import copy_bundle, refusal, run_c_smoke, run_native
 
 VOCAB, DIM, CLASSES, SEQ = 24, 8, 5, 6
 BATCH = 4
+STEPS = 20  # as tests/test_runtime.py compares the runners
 SAMPLES = 24  # 6 batches: 20 steps wrap the stream into later epochs
 SGD = OptimizerConfig(kind="sgd", lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True)
 ADAMW = OptimizerConfig(kind="adamw", lr=0.02, weight_decay=0.01, betas=(0.8, 0.99), eps=1e-3)
@@ -158,11 +158,6 @@ def export_two_input_bundle(out: Path, optimizer: OptimizerConfig, micro_batches
     return load_bundle(out)
 
 
-@pytest.fixture(scope="module")
-def native() -> Path:
-    return build_runtime()
-
-
 @dataclass(frozen=True)
 class Tokens:
     ids: np.ndarray  # int64 (N, SEQ)
@@ -257,14 +252,7 @@ def test_two_inputs_train_natively_like_eager_pytorch(
 
 def test_the_c_api_takes_two_inputs(native: Path, two_input_bundles: dict[str, Bundle], tmp_path: Path) -> None:
     """memwall.h from plain C99: inputs as mw_bundle_input lists them (int64 ids, float32 mask)."""
-    bundle_dir = copy_bundle(two_input_bundles["adamw-micro"], tmp_path)
-    done = subprocess.run(
-        [str(BUILD / "memwall-c-smoke"), str(bundle_dir), str(tmp_path / "c.safetensors")],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("ok 1 ")
+    run_c_smoke(copy_bundle(two_input_bundles["adamw-micro"], tmp_path), tmp_path / "c.safetensors")
 
 
 MISMATCHED = {

@@ -4,10 +4,8 @@ the loader, read by old and new readers, and the native runtime's prediction aga
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,19 +35,6 @@ SGD = OptimizerConfig(kind="sgd", lr=0.05, momentum=0.9)
 # percent: issue 13's goal is 10% (met on every row of runtime/benchmark.py, runtime/RESULTS.md); a single run of
 # the MLP measured +10.1% to +13.4% at load 9-12 (fewer library pages resident), so the test's bound has margin.
 GOAL = 15.0
-
-
-@pytest.fixture(scope="module")
-def native() -> Path:
-    """runtime/setup.sh builds (or finds up to date) memwall-run."""
-    done = subprocess.run(
-        [str(ROOT / "runtime" / "setup.sh")],
-        env={**os.environ, "MEMWALL_PYTHON": sys.executable},
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return ROOT / "runtime" / "build" / "memwall-run"
 
 
 @pytest.fixture(scope="module")

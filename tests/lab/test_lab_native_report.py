@@ -5,13 +5,10 @@ the host runner's."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from exporters import ModelSpec, OptimizerConfig, export_bundle
 from exporters.bundle import HOST_RUNTIME, NATIVE_RUNTIME
@@ -20,23 +17,8 @@ from sdk_tools.lab.summary import error_pct, measured_peak_bytes
 from tests.conftest import REFERENCE_CASES, make_model
 from tests.lab.conftest import LabServer
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-@pytest.fixture(scope="module")
-def memwall_run() -> Path:
-    """runtime/setup.sh builds (or finds up to date) memwall-run."""
-    built = subprocess.run(
-        [str(ROOT / "runtime" / "setup.sh")],
-        env={**os.environ, "MEMWALL_PYTHON": sys.executable},
-        capture_output=True,
-        text=True,
-    )
-    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-    return ROOT / "runtime" / "build" / "memwall-run"
-
-
-def test_the_lab_shows_the_native_prediction_error_of_a_native_run(memwall_run: Path, tmp_path: Path) -> None:
+def test_the_lab_shows_the_native_prediction_error_of_a_native_run(native: Path, tmp_path: Path) -> None:
     """A Linux board's flow: register, run memwall-run with the registered device (--device-json), post its report."""
     bundle = export_bundle(
         make_model("mlp"),
@@ -47,8 +29,8 @@ def test_the_lab_shows_the_native_prediction_error_of_a_native_run(memwall_run: 
         model_spec=ModelSpec("mlp", {}),
     )
     memory = json.loads((bundle.directory / "manifest.json").read_text())["memory"]
-    native = memory["by_runtime"][NATIVE_RUNTIME]["predicted_peak_bytes"]
-    assert native != memory["by_runtime"][HOST_RUNTIME]["predicted_peak_bytes"]  # else the test shows nothing
+    predicted = memory["by_runtime"][NATIVE_RUNTIME]["predicted_peak_bytes"]
+    assert predicted != memory["by_runtime"][HOST_RUNTIME]["predicted_peak_bytes"]  # else the test shows nothing
     rng = np.random.default_rng(0)
     data = tmp_path / "data.npz"
     np.savez(data, x=rng.random((8, *bundle.manifest.sample_shape), dtype=np.float32), y=rng.integers(0, 10, 8))
@@ -58,7 +40,7 @@ def test_the_lab_shows_the_native_prediction_error_of_a_native_run(memwall_run: 
         device = tmp_path / "device.json"
         device.write_text(json.dumps({**host_device_info(), "device_id": device_id}))
         report_path = tmp_path / "report.json"
-        command = [str(memwall_run), str(bundle.directory), "--data", str(data), "--steps", "5"]
+        command = [str(native), str(bundle.directory), "--data", str(data), "--steps", "5"]
         done = subprocess.run(
             [*command, "--device-json", str(device), "--report", str(report_path)], capture_output=True, text=True
         )
@@ -70,8 +52,8 @@ def test_the_lab_shows_the_native_prediction_error_of_a_native_run(memwall_run: 
     finally:
         server.stop()
     assert stored["run"]["runtime"] == NATIVE_RUNTIME
-    assert stored["bundle"]["predicted_peak_bytes"] == native
+    assert stored["bundle"]["predicted_peak_bytes"] == predicted
     measured = measured_peak_bytes(report["memory"])
-    assert summary["predicted_peak_bytes"] == native and summary["measured_peak_bytes"] == measured
+    assert summary["predicted_peak_bytes"] == predicted and summary["measured_peak_bytes"] == measured
     assert summary["error_pct"] is not None
-    assert summary["error_pct"] == error_pct(native, measured)
+    assert summary["error_pct"] == error_pct(predicted, measured)
